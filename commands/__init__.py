@@ -1,0 +1,1 @@
+"""The click command line: parse, call the API, print, map errors to exit codes."""

@@ -1,0 +1,375 @@
+"""OCI image layouts on disk, and the ocikit store built on one.
+
+A ``Layout`` is any image-layout folder (``oci-layout``, ``index.json``,
+``blobs/<alg>/<hex>``): what ``oci:DIR`` names and what skopeo and umoci
+read. The ``Store`` is a layout plus ocikit's own areas beside it: ``tmp/``
+(every temporary file, so renames stay on one filesystem), ``ingest/``
+(partial downloads kept across runs), ``lock``, ``snapshots/``,
+``containers/`` and ``volumes/``.
+
+Every write is atomic: a blob appears under its digest only after the bytes
+were verified, and ``index.json`` is replaced by rename under the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from ocikit.errors import NotFoundError, StoreError, VerificationError
+from ocikit.oci import mediatypes as mt
+from ocikit.oci.descriptor import Descriptor, ManifestBlob, parse_manifest
+from ocikit.oci.digest import Digest, sha256_of
+
+REF_NAME = "org.opencontainers.image.ref.name"
+INDEX_DIGEST = "io.ocikit.index.digest"
+LAYOUT_VERSION = "1.0.0"
+_CHUNK = 1 << 20
+
+
+def _store_error(e: OSError, what: str) -> StoreError:
+    if e.errno == errno.ENOSPC:
+        return StoreError(f"no space left on device while writing {what}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"cannot write {what}: {e.strerror}")
+    return StoreError(f"{what}: {e.strerror or e}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One ``index.json`` entry: a name (may be empty) and what it points at."""
+
+    name: str
+    descriptor: Descriptor
+
+
+class Layout:
+    """An OCI image layout folder."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # -- structure ---------------------------------------------------------
+    @property
+    def blobs_dir(self) -> Path:
+        return self.root / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        # A plain layout keeps its temporary files in its own root so renames
+        # into blobs/ stay on one filesystem; dot-named so readers ignore it.
+        return self.root / ".tmp"
+
+    def exists(self) -> bool:
+        return (self.root / "oci-layout").is_file()
+
+    def init(self) -> None:
+        try:
+            (self.blobs_dir / "sha256").mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            if not (self.root / "oci-layout").exists():
+                self._atomic_write(self.root / "oci-layout",
+                                   json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+            if not (self.root / "index.json").exists():
+                self._write_index_doc({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+                                       "manifests": []})
+        except OSError as e:
+            raise _store_error(e, str(self.root)) from None
+
+    def check(self) -> None:
+        if not self.exists():
+            raise NotFoundError(f"{self.root} is not an OCI image layout (no oci-layout file)")
+
+    # -- blobs -------------------------------------------------------------
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.algorithm / digest.hex
+
+    def has_blob(self, digest: Digest) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def open_blob(self, digest: Digest) -> BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {digest} not found in {self.root}") from None
+
+    def read_blob(self, digest: Digest, *, limit: int | None = None) -> bytes:
+        with self.open_blob(digest) as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise VerificationError(f"blob {digest} is larger than {limit} bytes")
+        if Digest.from_bytes(data, digest.algorithm) != digest:
+            raise VerificationError(f"blob {digest} in {self.root} is corrupt (digest mismatch)")
+        return data
+
+    def blob_size(self, digest: Digest) -> int:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {digest} not found in {self.root}") from None
+
+    def put_blob(self, data: bytes, media_type: str = "") -> Descriptor:
+        digest = sha256_of(data)
+        if not self.has_blob(digest):
+            tmp = self._tmp_file()
+            try:
+                with tmp:
+                    tmp.write(data)
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+                self._publish(Path(tmp.name), digest)
+            except OSError as e:
+                _unlink_quiet(Path(tmp.name))
+                raise _store_error(e, f"blob {digest}") from None
+        return Descriptor(media_type, digest, len(data))
+
+    def put_blob_stream(self, stream: IO[bytes], expected: Descriptor,
+                        progress: Callable[[int], None] | None = None) -> None:
+        """Copy ``stream`` in as ``expected``, verifying size and digest first."""
+        if self.has_blob(expected.digest):
+            return
+        tmp = self._tmp_file()
+        h = expected.digest.hasher()
+        n = 0
+        try:
+            with tmp:
+                while True:
+                    chunk = stream.read(_CHUNK)
+                    if not chunk:
+                        break
+                    n += len(chunk)
+                    if n > expected.size:
+                        raise VerificationError(
+                            f"blob {expected.digest}: more than the {expected.size} bytes "
+                            f"its descriptor declares")
+                    h.update(chunk)
+                    tmp.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            got = Digest(expected.digest.algorithm, h.hexdigest())
+            if n != expected.size:
+                raise VerificationError(
+                    f"blob {expected.digest}: size mismatch (expected {expected.size} bytes, "
+                    f"got {n})")
+            if got != expected.digest:
+                raise VerificationError(f"blob {expected.digest}: digest mismatch (got {got})")
+            self._publish(Path(tmp.name), expected.digest)
+        except OSError as e:
+            _unlink_quiet(Path(tmp.name))
+            raise _store_error(e, f"blob {expected.digest}") from None
+        except BaseException:
+            _unlink_quiet(Path(tmp.name))
+            raise
+
+    def adopt_verified_file(self, path: Path, digest: Digest) -> None:
+        """Rename an already verified file (on this filesystem) into blobs/."""
+        try:
+            self._publish(path, digest)
+        except OSError as e:
+            raise _store_error(e, f"blob {digest}") from None
+
+    def _publish(self, tmp: Path, digest: Digest) -> None:
+        final = self.blob_path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+
+    def _tmp_file(self) -> Any:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return tempfile.NamedTemporaryFile(dir=self.tmp_dir, prefix="blob-", delete=False)
+        except OSError as e:
+            raise _store_error(e, str(self.tmp_dir)) from None
+
+    def iter_blobs(self) -> Iterator[Digest]:
+        if not self.blobs_dir.is_dir():
+            return
+        for alg_dir in sorted(self.blobs_dir.iterdir()):
+            if not alg_dir.is_dir():
+                continue
+            for f in sorted(alg_dir.iterdir()):
+                try:
+                    yield Digest.parse(f"{alg_dir.name}:{f.name}")
+                except Exception:
+                    continue
+
+    # -- manifests ---------------------------------------------------------
+    def read_manifest(self, desc: Descriptor) -> ManifestBlob:
+        data = self.read_blob(desc.digest, limit=4 << 20)
+        return parse_manifest(data, desc.media_type, what=f"manifest {desc.digest}")
+
+    # -- index.json --------------------------------------------------------
+    def _read_index_doc(self) -> dict[str, Any]:
+        try:
+            with open(self.root / "index.json", "rb") as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{self.root / 'index.json'} is unreadable: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
+            raise StoreError(f"{self.root / 'index.json'} is not an image index")
+        return doc
+
+    def entries(self) -> list[IndexEntry]:
+        out = []
+        for m in self._read_index_doc().get("manifests", []):
+            try:
+                d = Descriptor.from_dict(m, "index.json entry")
+            except VerificationError:
+                continue
+            out.append(IndexEntry(d.annotations.get(REF_NAME, ""), d))
+        return out
+
+    def find(self, name: str) -> Descriptor | None:
+        for e in self.entries():
+            if e.name == name:
+                return e.descriptor
+        return None
+
+    def _write_index_doc(self, doc: dict[str, Any]) -> None:
+        self._atomic_write(self.root / "index.json",
+                           json.dumps(doc, indent=None, separators=(",", ":")).encode())
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=path.name + "-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:
+            _unlink_quiet(Path(tmp))
+            raise _store_error(e, str(path)) from None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock for read-modify-write of index.json."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / ("lock" if isinstance(self, Store) else ".lock")
+        with open(lock_path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def set_name(self, name: str, desc: Descriptor, extra: dict[str, str] | None = None) -> None:
+        """Point ``name`` at ``desc``: one entry per name, replacing any earlier one."""
+        ann = {k: v for k, v in desc.annotations.items() if k not in (REF_NAME, INDEX_DIGEST)}
+        ann.update(extra or {})
+        if name:
+            ann[REF_NAME] = name
+        entry = desc.with_annotations(ann).to_dict()
+        with self.locked():
+            doc = self._read_index_doc()
+            kept = [m for m in doc.get("manifests", [])
+                    if not (name and (m.get("annotations") or {}).get(REF_NAME) == name)]
+            if not name:
+                kept = [m for m in kept if not (m.get("digest") == str(desc.digest)
+                                                and not (m.get("annotations") or {}).get(REF_NAME))]
+            kept.append(entry)
+            doc["manifests"] = kept
+            doc.setdefault("schemaVersion", 2)
+            doc.setdefault("mediaType", mt.OCI_INDEX)
+            self._write_index_doc(doc)
+
+    def remove_name(self, name: str) -> Descriptor:
+        with self.locked():
+            doc = self._read_index_doc()
+            found = None
+            kept = []
+            for m in doc.get("manifests", []):
+                if (m.get("annotations") or {}).get(REF_NAME) == name and found is None:
+                    found = Descriptor.from_dict(m)
+                else:
+                    kept.append(m)
+            if found is None:
+                raise NotFoundError(f"no image named {name} in {self.root}")
+            doc["manifests"] = kept
+            self._write_index_doc(doc)
+        return found
+
+
+class Store(Layout):
+    """The ocikit store: a layout plus ingest/, tmp/, snapshots/, containers/, volumes/."""
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def ingest_dir(self) -> Path:
+        return self.root / "ingest"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.root / "containers"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.root / "volumes"
+
+    def init(self) -> None:
+        super().init()
+        try:
+            for d in (self.ingest_dir, self.snapshots_dir, self.containers_dir,
+                      self.volumes_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _store_error(e, str(self.root)) from None
+
+    @contextlib.contextmanager
+    def _gc_flock(self, mode: int) -> Iterator[None]:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.tmp_dir / "gc.lock", "a+b") as f:
+            fcntl.flock(f.fileno(), mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Held (shared) while blobs are written that no name points at yet.
+
+        ``gc`` takes it exclusively, so it never collects the blobs of a
+        pull that is still running.
+        """
+        return self._gc_flock(fcntl.LOCK_SH)
+
+    def collecting(self) -> contextlib.AbstractContextManager[None]:
+        return self._gc_flock(fcntl.LOCK_EX)
+
+    def ingest_path(self, digest: Digest) -> Path:
+        """Where a partial download of ``digest`` lives between runs."""
+        return self.ingest_dir / f"{digest.algorithm}-{digest.hex}"
+
+
+def _unlink_quiet(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
