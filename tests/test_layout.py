@@ -17,6 +17,7 @@ from ocikit.oci.descriptor import Descriptor, Index, Manifest, Platform, parse_m
 from ocikit.oci.digest import Digest, sha256_of
 from ocikit.oci.layout import REF_NAME, Layout, Store
 
+
 def test_put_blob_stream_verifies_and_is_atomic(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     store.init()
@@ -97,7 +98,8 @@ def test_store_readable_by_skopeo_and_umoci(tmp_path: Path) -> None:
             store.put_blob_stream(f, d)
     store.put_blob(m.data, m.media_type)
     store.set_name("docker.io/library/busybox:latest", m.descriptor)
-    out = subprocess.run(["skopeo", "inspect", f"oci:{store.root}:docker.io/library/busybox:latest"],
+    name = "docker.io/library/busybox:latest"
+    out = subprocess.run(["skopeo", "inspect", f"oci:{store.root}:{name}"],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out)["Digest"] == built.manifest_digest
     r = subprocess.run(["umoci", "unpack", "--image",
