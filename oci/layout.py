@@ -365,6 +365,35 @@ class Store(Layout):
     def collecting(self) -> contextlib.AbstractContextManager[None]:
         return self._gc_flock(fcntl.LOCK_EX)
 
+    @contextlib.contextmanager
+    def ingesting(self, digest: Digest) -> Iterator[Path]:
+        """Exclusive use of ``digest``'s partial download, across processes.
+
+        Two pulls sharing a layer must not append to one partial file; the
+        second waits, then finds the blob stored.
+        """
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.ingest_path(digest)
+        lock_path = partial.with_name(partial.name + ".lock")
+        while True:
+            f = open(lock_path, "a+b")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                # The holder before us may have removed the lock file: then our
+                # lock is on a dead inode and we must take the new one.
+                if os.fstat(f.fileno()).st_ino == os.stat(lock_path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            f.close()
+        try:
+            yield partial
+        finally:
+            if not partial.exists():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock_path)
+            f.close()
+
     def ingest_path(self, digest: Digest) -> Path:
         """Where a partial download of ``digest`` lives between runs."""
         return self.ingest_dir / f"{digest.algorithm}-{digest.hex}"

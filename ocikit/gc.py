@@ -1,0 +1,84 @@
+"""Garbage collection: blobs no name reaches, leftovers of killed commands."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+
+from ocikit.errors import OcikitError
+from ocikit.oci.descriptor import Descriptor, Index, Manifest
+from ocikit.oci.digest import Digest
+from ocikit.oci.layout import INDEX_DIGEST, Layout, Store
+
+
+@dataclass(frozen=True)
+class GcResult:
+    blobs_removed: int
+    bytes_freed: int
+    partials_removed: int
+
+
+def reachable(layout: Layout) -> set[Digest]:
+    """Every blob some index.json entry reaches (manifests, configs, layers)."""
+    keep: set[Digest] = set()
+    todo: list[Descriptor] = [e.descriptor for e in layout.entries()]
+    for e in layout.entries():
+        idx = e.descriptor.annotations.get(INDEX_DIGEST)
+        if idx:
+            with contextlib.suppress(OcikitError):
+                d = Digest.parse(idx)
+                if layout.has_blob(d):
+                    todo.append(Descriptor("", d, layout.blob_size(d)))
+    while todo:
+        desc = todo.pop()
+        if desc.digest in keep:
+            continue
+        keep.add(desc.digest)
+        if not layout.has_blob(desc.digest):
+            continue
+        try:
+            parsed = layout.read_manifest(desc).parsed
+        except OcikitError:
+            continue  # not a manifest: a config or layer blob
+        if isinstance(parsed, Index):
+            todo.extend(d for d in parsed.manifests if layout.has_blob(d.digest))
+        elif isinstance(parsed, Manifest):
+            keep.add(parsed.config.digest)
+            keep.update(d.digest for d in parsed.layers)
+            if parsed.subject is not None:
+                keep.add(parsed.subject.digest)
+    return keep
+
+
+def collect(store: Store, *, partials: bool = True) -> GcResult:
+    removed = freed = partial_count = 0
+    with store.collecting():
+        keep = reachable(store)
+        for digest in list(store.iter_blobs()):
+            if digest in keep:
+                continue
+            path = store.blob_path(digest)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            freed += size
+        if partials and store.ingest_dir.is_dir():
+            for p in store.ingest_dir.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    freed += p.stat().st_size
+                    p.unlink()
+                    partial_count += 1
+        if store.tmp_dir.is_dir():
+            for p in store.tmp_dir.iterdir():
+                if p.name == "gc.lock":
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+    return GcResult(removed, freed, partial_count)
