@@ -64,6 +64,25 @@ COMMANDS: dict[str, str] = {
     "tag": "ocikit.commands.images:tag",
     "rmi": "ocikit.commands.images:rmi",
     "gc": "ocikit.commands.images:gc",
+    "diff": "ocikit.commands.diff:diff",
+    "efficiency": "ocikit.commands.diff:efficiency",
+    "push": "ocikit.commands.push:push",
+    "copy": "ocikit.commands.push:copy",
+    "login": "ocikit.commands.push:login",
+    "logout": "ocikit.commands.push:logout",
+    "unpack": "ocikit.commands.unpack:unpack",
+    "run": "ocikit.commands.containers:run",
+    "create": "ocikit.commands.containers:create",
+    "start": "ocikit.commands.containers:start",
+    "stop": "ocikit.commands.containers:stop",
+    "kill": "ocikit.commands.containers:kill",
+    "rm": "ocikit.commands.containers:rm",
+    "ps": "ocikit.commands.containers:ps",
+    "exec": "ocikit.commands.containers:exec_",
+    "logs": "ocikit.commands.containers:logs",
+    "container": "ocikit.commands.containers:container",
+    "commit": "ocikit.commands.containers:commit",
+    "volume": "ocikit.commands.containers:volume",
 }
 
 
@@ -80,8 +99,9 @@ def cli(ctx: click.Context, store: str | None, debug: bool) -> None:
 def run(argv: list[str]) -> int:
     debug = "--debug" in argv or bool(os.environ.get("OCIKIT_DEBUG"))
     try:
-        cli.main(args=argv, prog_name="ocikit", standalone_mode=False)
-        return 0
+        # Without standalone mode click returns ctx.exit()'s code instead of raising.
+        rc = cli.main(args=argv, prog_name="ocikit", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.ClickException as e:

@@ -149,6 +149,24 @@ def open_remote(client: RegistryClient, ref: Reference,
                  blobs=None, source="registry", ref=ref)
 
 
+def import_blobs(store: Store, img: Image) -> Image:
+    """Copy a layout image's blobs into the store (verified), so snapshots can use them."""
+    if img.blobs is store or img.blobs is None:
+        return img
+    src = img.blobs
+    store.init()
+    for d in (img.parsed.config, *img.parsed.layers):
+        if not store.has_blob(d.digest):
+            with src.open_blob(d.digest) as f:
+                store.put_blob_stream(f, d)
+    store.put_blob(img.manifest.data, img.manifest.media_type)
+    if img.index is not None:
+        store.put_blob(img.index.data, img.index.media_type)
+    return Image(name=img.name, digest=img.digest, manifest=img.manifest, index=img.index,
+                 config_bytes=img.config_bytes, config=img.config, blobs=store,
+                 source=img.source, ref=img.ref)
+
+
 # How much of a remote image a command may fetch.
 LOCAL_ONLY = "local"    # the store or a layout only
 REMOTE_READ = "remote"  # manifests and configs only, nothing stored (inspect, history, diff)
@@ -161,7 +179,8 @@ def open_image(text: str | Location, store: Store, *, platform: Platform | None 
                progress: Progress | None = None) -> Image:
     loc = parse_location(text) if isinstance(text, str) else text
     if isinstance(loc, LayoutLocation):
-        return open_layout(loc, platform)
+        img = open_layout(loc, platform)
+        return import_blobs(store, img) if mode == PULL else img
     if isinstance(loc, ArchiveLocation):
         raise UnsupportedError(f"{loc}: reading docker-archive files is not supported here yet")
     assert isinstance(loc, RegistryLocation)
@@ -190,4 +209,4 @@ def open_image(text: str | Location, store: Store, *, platform: Platform | None 
 
 
 __all__ = ["LOCAL_ONLY", "PULL", "REF_NAME", "REMOTE_READ", "Image", "find_stored",
-           "open_image", "open_layout", "open_remote", "open_stored"]
+           "import_blobs", "open_image", "open_layout", "open_remote", "open_stored"]

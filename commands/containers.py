@@ -1,0 +1,377 @@
+"""Container commands: run, create, start, stop, rm, ps, exec, logs, container, commit, volume.
+
+As docker: ``run``/``create``/``start -a``/``exec`` exit 125 when the
+container cannot be set up (image not found included), 126/127 when the
+command cannot run, 128+N after signal N, else the process's own code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from ocikit.commands.common import get_store, parse_platform, print_json, table
+from ocikit.errors import ContainerError, OcikitError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_SETUP = 125
+
+
+@contextmanager
+def setup_errors() -> Iterator[None]:
+    """Failures before the container runs are docker's 125 (usage errors stay 2)."""
+    try:
+        yield
+    except (UsageError, ContainerError):
+        raise
+    except OcikitError as e:
+        err = ContainerError(str(e))
+        raise err from None
+
+
+def run_options(f: F) -> F:
+    opts = [
+        click.option("--name", default="", help="the container's name"),
+        click.option("--entrypoint", default=None, help="replace the image's entrypoint"),
+        click.option("-e", "--env", multiple=True, metavar="K=V", help="set a variable"),
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
+                     help="a named volume or a host folder"),
+        click.option("-w", "--workdir", default=None, help="working directory inside"),
+        click.option("-u", "--user", default=None, metavar="NAME|UID[:GID]"),
+        click.option("--network", default="none", type=click.Choice(["none", "host"]),
+                     show_default=True),
+        click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/tcp]"),
+        click.option("-i", "--interactive", is_flag=True, help="keep stdin open"),
+        click.option("-t", "--tty", is_flag=True, help="allocate a pseudo-terminal"),
+        click.option("--memory", "-m", default=None, help="memory limit (e.g. 64m)"),
+        click.option("--cpus", default=None, help="CPU limit (e.g. 0.5)"),
+        click.option("--pids-limit", type=int, default=None),
+        click.option("--hostname", "-h", "hostname", default=""),
+        click.option("--rm", "auto_remove", is_flag=True,
+                     help="remove the container when it exits"),
+        click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _options(kw: dict[str, Any], command: tuple[str, ...]) -> Any:
+    from ocikit.containers import RunOptions
+
+    if kw["network"] == "host" and kw["publish"]:
+        raise UsageError("-p/--publish cannot be used with --network host")
+    return RunOptions(command=command, name=kw["name"], entrypoint=kw["entrypoint"],
+                      env=tuple(kw["env"]), volumes=tuple(kw["volumes"]),
+                      workdir=kw["workdir"], user=kw["user"], network=kw["network"],
+                      publish=tuple(kw["publish"]), tty=kw["tty"],
+                      interactive=kw["interactive"], memory=kw["memory"], cpus=kw["cpus"],
+                      pids_limit=kw["pids_limit"], auto_remove=kw["auto_remove"],
+                      hostname=kw["hostname"], platform=parse_platform(kw["platform"]))
+
+
+def _create(ctx: click.Context, image: str, command: tuple[str, ...], kw: dict[str, Any]) -> Any:
+    from ocikit.commands.common import make_client
+    from ocikit.commands.render import close_renderer, make_renderer
+    from ocikit.containers import create
+
+    opts = _options(kw, command)
+    renderer = make_renderer("auto")
+    try:
+        with setup_errors():
+            return create(get_store(ctx), image, opts,
+                          client_factory=lambda: make_client(renderer), progress=renderer)
+    finally:
+        close_renderer(renderer)
+
+
+_CTX = {"ignore_unknown_options": False, "allow_interspersed_args": False}
+
+
+@click.command(context_settings=_CTX)
+@click.option("-d", "--detach", is_flag=True, help="run in the background, print the id")
+@run_options
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, /, detach: bool, image: str, command: tuple[str, ...],
+        **kw: Any) -> None:
+    """Create and start a container; in the foreground its exit code is ocikit's."""
+    from ocikit.oci.runtime.containers import run_foreground, start_detached
+
+    container = _create(ctx, image, command, kw)
+    if detach:
+        start_detached(container)
+        click.echo(container.id)
+        return
+    code = run_foreground(container)
+    ctx.exit(code)
+
+
+@click.command(context_settings=_CTX)
+@run_options
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **kw: Any) -> None:
+    """Create a container without starting it; prints its id."""
+    container = _create(ctx, image, command, kw)
+    click.echo(container.id)
+
+
+def _get(ctx: click.Context, name: str) -> Any:
+    from ocikit.oci.runtime.containers import get_container
+
+    return get_container(get_store(ctx).containers_dir, name)
+
+
+@click.command()
+@click.option("-a", "--attach", is_flag=True, help="attach and wait, exit with its code")
+@click.option("-i", "--interactive", is_flag=True, help="attach stdin")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def start(ctx: click.Context, attach: bool, interactive: bool, names: tuple[str, ...]) -> None:
+    """Start created or stopped containers."""
+    from ocikit.oci.runtime.containers import run_foreground, start_detached
+
+    if attach:
+        if len(names) != 1:
+            raise UsageError("start -a takes exactly one container")
+        c = _get(ctx, names[0])
+        ctx.exit(run_foreground(c))
+    for n in names:
+        c = _get(ctx, n)
+        start_detached(c)
+        click.echo(n)
+
+
+@click.command()
+@click.option("-t", "--time", "timeout", type=int, default=None,
+              help="seconds to wait before SIGKILL (default: the container's, 10)")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def stop(ctx: click.Context, timeout: int | None, names: tuple[str, ...]) -> None:
+    """Stop running containers: StopSignal (SIGTERM), then SIGKILL after the timeout."""
+    from ocikit.oci.runtime.containers import stop as do_stop
+
+    for n in names:
+        do_stop(_get(ctx, n), timeout)
+        click.echo(n)
+
+
+@click.command()
+@click.option("-s", "--signal", "sig", default="SIGKILL", show_default=True)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def kill(ctx: click.Context, sig: str, names: tuple[str, ...]) -> None:
+    """Send a signal to running containers."""
+    from ocikit.oci.runtime.containers import kill as do_kill
+
+    for n in names:
+        do_kill(_get(ctx, n), sig)
+        click.echo(n)
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="kill a running container first")
+@click.option("-v", "--volumes", is_flag=True, help="ignored (named volumes outlive containers)")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, force: bool, volumes: bool, names: tuple[str, ...]) -> None:
+    """Remove containers (their writable layers; images and volumes stay)."""
+    from ocikit.oci.runtime.containers import remove
+
+    failed: OcikitError | None = None
+    for n in names:
+        try:
+            remove(_get(ctx, n), force=force)
+            click.echo(n)
+        except OcikitError as e:
+            click.echo(f"ocikit: {e}", err=True)
+            failed = e
+    if failed is not None:
+        ctx.exit(failed.exit_code)
+
+
+def _status_text(c: Any) -> str:
+    s = c.state()
+    if s.status == "running":
+        return "Up"
+    if s.status == "exited":
+        return f"Exited ({s.exit_code})"
+    return s.status.capitalize()
+
+
+@click.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="also stopped containers")
+@click.option("-q", "--quiet", is_flag=True, help="ids only")
+@click.option("--json", "as_json", is_flag=True, help="JSON output")
+@click.option("--no-trunc", is_flag=True)
+@click.pass_context
+def ps(ctx: click.Context, show_all: bool, quiet: bool, as_json: bool, no_trunc: bool) -> None:
+    """List containers (running ones unless -a)."""
+    from ocikit.oci.runtime.containers import list_containers
+
+    cs = list_containers(get_store(ctx).containers_dir, all=show_all)
+    if as_json:
+        print_json([{"Id": c.id, "Name": c.name, "Image": c.spec.image,
+                     "Command": list(c.spec.process.args), "Created": c.spec.created,
+                     "State": c.state().status, "Status": _status_text(c),
+                     "ExitCode": c.state().exit_code, "Pid": c.state().pid} for c in cs])
+        return
+    if quiet:
+        for c in cs:
+            click.echo(c.id if no_trunc else c.short_id)
+        return
+
+    def cmd(c: Any) -> str:
+        s = " ".join(c.spec.process.args)
+        return s if no_trunc or len(s) <= 24 else s[:23] + "…"
+
+    click.echo(table([[c.id if no_trunc else c.short_id, c.spec.image, cmd(c),
+                       c.spec.created[:19].replace("T", " "), _status_text(c), c.name]
+                      for c in cs],
+                     ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]))
+
+
+@click.command(name="exec", context_settings=_CTX)
+@click.option("-i", "--interactive", is_flag=True)
+@click.option("-t", "--tty", is_flag=True)
+@click.option("-e", "--env", multiple=True, metavar="K=V")
+@click.option("-u", "--user", default=None)
+@click.option("-w", "--workdir", default=None)
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_(ctx: click.Context, interactive: bool, tty: bool, env: tuple[str, ...],
+          user: str | None, workdir: str | None, name: str, command: tuple[str, ...]) -> None:
+    """Run a command in a running container."""
+    from ocikit.oci.runtime.containers import exec_in
+    from ocikit.oci.runtime.options import merge_env
+    from ocikit.oci.runtime.spec import ProcessSpec
+
+    c = _get(ctx, name)
+    p = c.spec.process
+    process = ProcessSpec(args=command, env=merge_env(p.env, env),
+                          cwd=workdir if workdir is not None else p.cwd,
+                          user=user if user is not None else p.user,
+                          terminal=tty, interactive=interactive)
+    ctx.exit(exec_in(c, process))
+
+
+@click.command()
+@click.option("-f", "--follow", is_flag=True, help="keep printing new output")
+@click.argument("name")
+@click.pass_context
+def logs(ctx: click.Context, follow: bool, name: str) -> None:
+    """The output of a detached container."""
+    from ocikit.oci.runtime.containers import follow_logs, read_logs
+
+    c = _get(ctx, name)
+    if follow:
+        sys.stdout.flush()
+        follow_logs(c, sys.stdout.fileno())
+    else:
+        sys.stdout.buffer.write(read_logs(c))
+        sys.stdout.flush()
+
+
+@click.group()
+def container() -> None:
+    """Container inspection: inspect, diff, ls."""
+
+
+@container.command(name="inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def container_inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """JSON of containers, with docker's key names."""
+    print_json([_get(ctx, n).inspect() for n in names])
+
+
+@container.command(name="diff")
+@click.argument("name")
+@click.pass_context
+def container_diff(ctx: click.Context, name: str) -> None:
+    """A/C/D lines of the container's changes against its image, as docker diff."""
+    from ocikit.oci.runtime.commit import container_diff as changes
+
+    c = _get(ctx, name)
+    for ch in changes(c.spec.upper_dir, c.lower_dirs()):
+        click.echo(str(ch))
+
+
+container.add_command(ps, name="ls")
+container.add_command(rm, name="rm")
+
+
+@click.command()
+@click.option("-a", "--author", default="", help="the author recorded in the image")
+@click.option("-m", "--message", default="", help="a comment for the history entry")
+@click.argument("name")
+@click.argument("ref")
+@click.pass_context
+def commit(ctx: click.Context, author: str, message: str, name: str, ref: str) -> None:
+    """A new image whose top layer is the container's changes."""
+    from ocikit.containers import commit as do_commit
+    from ocikit.oci.reference import Reference
+
+    reference = Reference.parse(ref)
+    desc = do_commit(get_store(ctx), _get(ctx, name), reference, author=author,
+                     message=message)
+    click.echo(str(desc.digest))
+
+
+@click.group()
+def volume() -> None:
+    """Named volumes: create, ls, rm."""
+
+
+@volume.command(name="create")
+@click.argument("name")
+@click.pass_context
+def volume_create(ctx: click.Context, name: str) -> None:
+    from ocikit.oci.runtime.volumes import create_volume
+
+    create_volume(get_store(ctx).volumes_dir, name)
+    click.echo(name)
+
+
+@volume.command(name="ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_context
+def volume_ls(ctx: click.Context, as_json: bool, quiet: bool) -> None:
+    from ocikit.oci.runtime.volumes import list_volumes
+
+    root = get_store(ctx).volumes_dir
+    names = list_volumes(root)
+    if as_json:
+        print_json([{"Name": n, "Mountpoint": os.path.join(root, n, "_data")} for n in names])
+    elif quiet:
+        for n in names:
+            click.echo(n)
+    else:
+        click.echo(table([[n] for n in names], ["VOLUME NAME"]))
+
+
+@volume.command(name="rm")
+@click.option("-f", "--force", is_flag=True)
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def volume_rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
+    from ocikit.oci.runtime.containers import list_containers
+    from ocikit.oci.runtime.volumes import remove_volume
+
+    store = get_store(ctx)
+    for n in names:
+        users = [c.name for c in list_containers(store.containers_dir)
+                 if any(m.kind == "volume" and m.name == n for m in c.spec.mounts)]
+        remove_volume(store.volumes_dir, n, in_use_by=() if force else users)
+        click.echo(n)

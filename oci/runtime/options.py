@@ -1,0 +1,118 @@
+"""docker-run options turned into runtime values: the process, ports, limits.
+
+The CLI parses flags; these functions give them docker's meaning, so the
+rules live in one place and can be tested without a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from ocikit.errors import UsageError
+from ocikit.oci.runtime.spec import PortMapping, ProcessSpec
+
+if TYPE_CHECKING:
+    from ocikit.oci.descriptor import ImageConfig
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def merge_env(base: Sequence[str], overrides: Sequence[str],
+              host_env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Image env, then ``-e`` values by key; ``-e NAME`` alone copies the host's value."""
+    host = os.environ if host_env is None else host_env
+    out: dict[str, str] = {}
+    for item in base:
+        k, _, v = item.partition("=")
+        if k:
+            out[k] = v
+    for item in overrides:
+        k, sep, v = item.partition("=")
+        if not k:
+            raise UsageError(f"invalid environment variable {item!r}")
+        if sep:
+            out[k] = v
+        elif k in host:
+            out[k] = host[k]
+    return tuple(f"{k}={v}" for k, v in out.items())
+
+
+def process_from_image(config: ImageConfig | None, *, command: Sequence[str] = (),
+                       entrypoint: str | None = None, env: Sequence[str] = (),
+                       workdir: str | None = None, user: str | None = None,
+                       tty: bool = False, interactive: bool = False) -> ProcessSpec:
+    """Entrypoint/Cmd/Env/WorkingDir/User of the image, overridden as ``docker run`` does.
+
+    ``--entrypoint`` replaces the image's entrypoint and drops its Cmd (an
+    empty string clears the entrypoint); a command on the line replaces Cmd.
+    """
+    image_ep: tuple[str, ...] = tuple(config.entrypoint or ()) if config else ()
+    image_cmd: tuple[str, ...] = tuple(config.cmd or ()) if config else ()
+    if entrypoint is not None:
+        ep: tuple[str, ...] = (entrypoint,) if entrypoint else ()
+        cmd = tuple(command)
+    else:
+        ep = image_ep
+        cmd = tuple(command) if command else image_cmd
+    args = ep + cmd
+    if not args:
+        raise UsageError("no command specified (the image has no Entrypoint or Cmd)")
+    cwd = workdir if workdir is not None else (config.working_dir if config else "")
+    if cwd and not cwd.startswith("/"):
+        raise UsageError(f"the working directory {cwd!r} is not an absolute path")
+    return ProcessSpec(args=args, env=merge_env(config.env if config else (), env),
+                       cwd=cwd or "/", user=user if user is not None else
+                       (config.user if config else ""), terminal=tty, interactive=interactive)
+
+
+def parse_publish(text: str) -> PortMapping:
+    """``-p [IP:]HOST:CTR[/tcp]`` (IPv6 as ``[::1]:HOST:CTR``)."""
+    spec, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    if proto != "tcp":
+        raise UsageError(f"only tcp ports can be published: {text!r}")
+    ip = ""
+    if spec.startswith("["):
+        end = spec.find("]")
+        if end < 0:
+            raise UsageError(f"invalid port specification {text!r}")
+        ip, spec = spec[1:end], spec[end + 2:]
+    parts = spec.split(":")
+    if len(parts) == 3 and not ip:
+        ip, host, ctr = parts
+    elif len(parts) == 2:
+        host, ctr = parts
+    else:
+        raise UsageError(f"invalid port specification {text!r} (want [IP:]HOST:CTR)")
+    try:
+        hp, cp = int(host), int(ctr)
+    except ValueError:
+        raise UsageError(f"invalid port number in {text!r}") from None
+    if not (0 < hp < 65536 and 0 < cp < 65536):
+        raise UsageError(f"port out of range in {text!r}")
+    return PortMapping(host_port=hp, container_port=cp, host_ip=ip, protocol=proto)
+
+
+def parse_memory(text: str) -> int:
+    """``--memory 512m`` -> bytes (b, k, m, g, t; docker's binary units)."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"invalid memory size {text!r}")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < 6 * 1024 * 1024:
+        raise UsageError("the minimum memory limit is 6m")
+    return value
+
+
+def parse_cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"invalid --cpus value {text!r}") from None
+    if value <= 0 or value > (os.cpu_count() or 1) * 64:
+        raise UsageError(f"--cpus {text} is out of range")
+    return value

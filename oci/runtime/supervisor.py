@@ -1,0 +1,302 @@
+"""Running a container to its end: in the foreground, or from a detached supervisor.
+
+A ``Runner`` does what both need: hold the container's run lock, make its
+cgroups and port listeners, start it, record ``running`` with the PID, wait,
+and record the exit code. ``run -d`` forks a supervisor (setsid, a second
+fork, every inherited descriptor closed) that is a Runner writing the
+container's output to its ``log`` file and outliving the ocikit command.
+
+This module is on the start path: it imports nothing heavy (no registry
+client, no tarfile); ports and the pty helpers load only when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from ocikit.errors import ContainerError
+from ocikit.oci.runtime import cgroups
+from ocikit.oci.runtime import state as st
+from ocikit.oci.runtime.process import StartError, Stdio, exit_status, spawn_container
+from ocikit.oci.runtime.spec import ContainerSpec
+
+if TYPE_CHECKING:
+    from ocikit.oci.runtime.ports import Forwarder
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Runner:
+    """One run of a container, from lock to recorded exit."""
+
+    def __init__(self, container_dir: str, spec: ContainerSpec, lower_dirs: Sequence[str]) -> None:
+        self.dir = container_dir
+        self.spec = spec
+        self.lower_dirs = list(lower_dirs)
+        self.pid = 0
+        self._wait_pid = 0
+        self._lock: int | None = None
+        self._cgroups: list[str] = []
+        self._forwarder: Forwarder | None = None
+
+    def acquire(self) -> None:
+        self._lock = st.try_lock(self.dir)
+        if self._lock is None:
+            raise ContainerError(f"container {self.spec.name or self.spec.id} is already running")
+
+    def start(self, stdio: Stdio, console: str | None = None) -> int:
+        try:
+            self._cgroups = cgroups.create(self.spec.id, self.spec.limits)
+            if self.spec.ports:
+                from ocikit.oci.runtime.ports import Forwarder
+
+                self._forwarder = Forwarder(self.spec.ports)
+            self._wait_pid, self.pid = spawn_container(
+                self.spec, stdio, lower_dirs=self.lower_dirs,
+                cgroup_procs=cgroups.procs_files(self._cgroups),
+                links_dir=os.path.join(self.dir, "l"), console=console)
+        except ContainerError as e:
+            self._cleanup()
+            st.write_state(self.dir, st.State(
+                status=st.EXITED, exit_code=getattr(e, "exit_code", 125), error=str(e),
+                finished_at=st.now()))
+            raise
+        st.write_state(self.dir, st.State(
+            status=st.RUNNING, pid=self.pid, pid_start=st.process_start_time(self.pid),
+            supervisor_pid=os.getpid(), started_at=st.now(), cgroups=tuple(self._cgroups)))
+        if self._forwarder is not None:
+            self._forwarder.start(self.pid)
+        return self.pid
+
+    def wait(self) -> int:
+        while True:
+            try:
+                return exit_status(os.waitpid(self._wait_pid, 0)[1])
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return st.EXIT_UNKNOWN
+
+    def finish(self, code: int) -> None:
+        old = st.read_state(self.dir)
+        oom = cgroups.oom_killed(self._cgroups)
+        self._cleanup()
+        st.write_state(self.dir, old.with_(status=st.EXITED, exit_code=code,
+                                           finished_at=st.now(), oom_killed=oom, cgroups=()))
+
+    def _cleanup(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.close()
+            self._forwarder = None
+        cgroups.remove(self._cgroups)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+@contextlib.contextmanager
+def forward_signals(pid: int, extra: dict[int, object] | None = None) -> Iterator[None]:
+    """Pass signals the foreground ocikit gets on to the container's process."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# -- terminals --------------------------------------------------------------
+def open_pty() -> tuple[int, int, str]:
+    master, slave = os.openpty()
+    return master, slave, os.ttyname(slave)
+
+
+def copy_winsize(src: int, dst: int) -> None:
+    import fcntl
+    import termios
+
+    with contextlib.suppress(OSError):
+        ws = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, ws)
+
+
+def pty_session(master: int, pid: int, *, stdin: int | None, stdout: int) -> None:
+    """Copy between the caller's terminal and the container's pty until it closes.
+
+    The caller's tty (if ``stdin`` is one) goes to raw mode so keys like
+    Ctrl-C reach the container's line discipline; the window size follows
+    SIGWINCH.
+    """
+    import select
+    import termios
+    import threading
+    import tty
+
+    saved = None
+    if stdin is not None and os.isatty(stdin):
+        saved = termios.tcgetattr(stdin)
+        # TCSANOW: input typed ahead of the container start must not be flushed
+        tty.setraw(stdin, termios.TCSANOW)
+        copy_winsize(stdin, master)
+    old_winch = None
+    if stdin is not None and threading.current_thread() is threading.main_thread():
+        src = stdin
+        old_winch = signal.signal(signal.SIGWINCH, lambda *_: copy_winsize(src, master))
+    try:
+        inputs = [master] + ([stdin] if stdin is not None else [])
+        while True:
+            try:
+                ready, _, _ = select.select(inputs, [], [])
+            except InterruptedError:
+                continue
+            if master in ready:
+                try:
+                    data = os.read(master, 1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    return
+                _write_all(stdout, data)
+            if stdin is not None and stdin in ready:
+                data = os.read(stdin, 1 << 16)
+                if data:
+                    _write_all(master, data)
+                else:
+                    # end of input: the terminal's EOF character
+                    _write_all(master, b"\x04")
+                    inputs.remove(stdin)
+    finally:
+        if saved is not None and stdin is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        if old_winch is not None:
+            signal.signal(signal.SIGWINCH, old_winch)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        view = view[n:]
+
+
+# -- detached ---------------------------------------------------------------
+def _close_inherited(keep: Sequence[int]) -> None:
+    """Close every descriptor above 2 but ``keep``: a caller's capture pipes must see EOF."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def start_detached(container_dir: str, spec: ContainerSpec, lower_dirs: Sequence[str]) -> int:
+    """Start the container under a supervisor that outlives this process; returns its PID.
+
+    Raises ``StartError`` (125/126/127) when the container could not start.
+    """
+    ready_r, ready_w = os.pipe()
+    first = os.fork()
+    if first == 0:
+        try:
+            os.close(ready_r)
+            os.setsid()
+            if os.fork() == 0:
+                _supervise(container_dir, spec, lower_dirs, ready_w)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    while True:
+        try:
+            os.waitpid(first, 0)
+            break
+        except InterruptedError:
+            continue
+    chunks = []
+    while True:
+        data = os.read(ready_r, 4096)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(ready_r)
+    lines = b"".join(chunks).decode(errors="replace").splitlines()
+    for line in lines:
+        if line.startswith("err "):
+            _, code, message = line.split(" ", 2)
+            raise StartError(message, int(code))
+        if line.startswith("pid "):
+            return int(line.split()[1])
+    raise ContainerError(f"the supervisor of container {spec.name or spec.id} died at start")
+
+
+def _supervise(container_dir: str, spec: ContainerSpec, lower_dirs: Sequence[str],
+               ready_w: int) -> None:
+    """The supervisor process: never returns."""
+    code = 0
+    try:
+        os.chdir("/")
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        ready = os.dup2(ready_w, 3) if ready_w != 3 else 3
+        os.set_inheritable(ready, False)
+        _close_inherited([ready])
+        for s in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(s, signal.SIG_IGN)
+        for s in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                  signal.SIGALRM, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
+        runner = Runner(container_dir, spec, lower_dirs)
+        try:
+            runner.acquire()
+            log = os.open(os.path.join(container_dir, "log"),
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            master = -1
+            if spec.process.terminal:
+                master, slave, console = open_pty()
+                stdio = Stdio(slave, slave, slave, tty=True)
+                pid = runner.start(stdio, console)
+                os.close(slave)
+            else:
+                pid = runner.start(Stdio(0, log, log))
+        except ContainerError as e:
+            os.write(ready, f"err {getattr(e, 'exit_code', 125)} {e}\n".encode())
+            code = 1
+            return
+        os.write(ready, f"pid {pid}\n".encode())
+        os.close(ready)
+        if master >= 0:
+            pty_session(master, pid, stdin=None, stdout=log)
+        rc = runner.wait()
+        runner.finish(rc)
+        runner.release()
+        if spec.auto_remove:
+            from ocikit.oci.runtime.containers import remove_dir
+
+            remove_dir(container_dir)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)

@@ -1,0 +1,72 @@
+"""Named volumes: ``<volumes_root>/<name>/_data``, outliving the containers using them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from ocikit.errors import ContainerError, NotFoundError, UsageError
+from ocikit.oci.runtime.spec import Mount
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise UsageError(f"invalid volume name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                         "are allowed")
+
+
+def volume_data(volumes_root: str | os.PathLike[str], name: str) -> Path:
+    return Path(volumes_root) / name / "_data"
+
+
+def create_volume(volumes_root: str | os.PathLike[str], name: str) -> Path:
+    """Create (or find) the named volume; returns its data folder."""
+    _check_name(name)
+    data = volume_data(volumes_root, name)
+    data.mkdir(parents=True, exist_ok=True)
+    return data
+
+
+def list_volumes(volumes_root: str | os.PathLike[str]) -> list[str]:
+    root = Path(volumes_root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "_data").is_dir())
+
+
+def remove_volume(volumes_root: str | os.PathLike[str], name: str,
+                  in_use_by: Sequence[str] = ()) -> None:
+    """Delete the volume; refuses while containers (``in_use_by``) still name it."""
+    _check_name(name)
+    if in_use_by:
+        raise ContainerError(f"volume {name} is in use by container(s) {', '.join(in_use_by)}")
+    path = Path(volumes_root) / name
+    if not path.is_dir():
+        raise NotFoundError(f"no such volume: {name}")
+    shutil.rmtree(path)
+
+
+def parse_volume_arg(text: str, volumes_root: str | os.PathLike[str]) -> Mount:
+    """``-v SRC:DST[:ro|rw]``: an absolute SRC is a bind mount, else a named volume."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise UsageError(f"invalid volume specification {text!r} (want SRC:DST[:ro])")
+    src, dst = parts[0], parts[1]
+    opts = parts[2].split(",") if len(parts) == 3 else []
+    bad = [o for o in opts if o not in ("ro", "rw", "z", "Z")]
+    if bad:
+        raise UsageError(f"invalid volume option {bad[0]!r} in {text!r}")
+    if not dst.startswith("/"):
+        raise UsageError(f"invalid volume destination {dst!r}: not an absolute path")
+    readonly = "ro" in opts
+    if src.startswith("/"):
+        return Mount(source=os.path.normpath(src), destination=dst, readonly=readonly)
+    if src.startswith("."):
+        raise UsageError(f"invalid volume source {src!r}: use an absolute path for bind mounts")
+    data = create_volume(volumes_root, src)
+    return Mount(source=str(data), destination=dst, readonly=readonly, kind="volume", name=src)
