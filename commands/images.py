@@ -42,7 +42,7 @@ def _registry_ref(text: str) -> Reference:
 def pull(ctx: click.Context, quiet: bool, platform: str | None, progress_mode: str,
          ref: str) -> None:
     """Fetch an image's manifest, config and layers into the store."""
-    from ocikit.pull import pull as do_pull
+    from ocikit.pulling import pull as do_pull
 
     reference = _registry_ref(ref)
     store = get_store(ctx)

@@ -23,6 +23,19 @@ from ocikit.errors import (
 
 __version__ = "0.1.0"
 
+_API = ("pull", "inspect", "unpack", "run", "open_store")
+
+
+def __getattr__(name: str) -> object:
+    # The API functions import their modules on first use, so that
+    # `import ocikit` stays cheap for the container start path.
+    if name in _API:
+        from ocikit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ocikit' has no attribute {name!r}")
+
+
 __all__ = [
     "AuthError",
     "ContainerError",
@@ -37,4 +50,9 @@ __all__ = [
     "UsageError",
     "VerificationError",
     "__version__",
+    "inspect",
+    "open_store",
+    "pull",
+    "run",
+    "unpack",
 ]

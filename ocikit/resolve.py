@@ -198,7 +198,7 @@ def open_image(text: str | Location, store: Store, *, platform: Platform | None 
     else:
         client = client_factory()
     if mode == PULL:
-        from ocikit.pull import pull
+        from ocikit.pulling import pull
 
         pull(ref, store, client, platform=platform, progress=progress or no_progress)
         found = open_stored(store, ref, platform)
