@@ -41,9 +41,9 @@ class PlainRenderer:
         if ev.kind == p.RESOLVED:
             return f"{ev.ref}: resolved to {ev.digest}"
         if ev.kind == p.BLOB_EXISTS:
-            return f"{d}: already exists"
+            return f"{d}: {ev.message or 'already exists'}"
         if ev.kind == p.BLOB_START:
-            return f"{d}: downloading {ev.total} bytes" + (
+            return f"{d}: {ev.message or 'downloading'} {ev.total} bytes" + (
                 f" (resuming at {ev.current})" if ev.current else "")
         if ev.kind == p.BLOB_PROGRESS:
             now = time.monotonic()
@@ -96,7 +96,8 @@ class TtyRenderer:
         with self.lock:
             d = _short(ev.digest)
             if ev.kind in (p.BLOB_START, p.BLOB_EXISTS) and ev.digest not in self.tasks:
-                label = d + (" (exists)" if ev.kind == p.BLOB_EXISTS else "")
+                label = d + (f" ({ev.message or 'exists'})" if ev.kind == p.BLOB_EXISTS
+                             else "")
                 self.tasks[ev.digest] = self.progress.add_task(label, total=ev.total or None,
                                                                completed=ev.current)
             elif ev.kind in (p.BLOB_PROGRESS, p.BLOB_DONE) and ev.digest in self.tasks:

@@ -57,8 +57,11 @@ def parse_location(text: str) -> Location:
         rest = text[len("docker-archive:"):]
         if not rest:
             raise UsageError("docker-archive: needs a file (docker-archive:FILE)")
-        path, sep, ref = rest.rpartition(":")
-        if sep and path and "/" not in ref and not Path(rest).exists():
+        if Path(rest).exists():
+            return ArchiveLocation(Path(rest))
+        # as skopeo: the path ends at the first ':' (a REF has its own, name:tag)
+        path, sep, ref = rest.partition(":")
+        if sep and path and ref:
             return ArchiveLocation(Path(path), ref)
         return ArchiveLocation(Path(rest))
     if text.startswith("docker://"):
