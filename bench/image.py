@@ -46,25 +46,47 @@ def _diff_id(gz: Path) -> str:
 
 def build(force: bool = False) -> Path:
     """The OCI layout holding the image tagged ``bench``; built if missing."""
-    if (IMAGE / "index.json").exists() and not force:
-        return IMAGE
-    tmp = CACHE / "image.tmp"
+    return build_layout(IMAGE, Path("/"), LAYER_SOURCES, force=force)
+
+
+MINBASE_ROOT = CACHE / "minbase-root"
+MINBASE = CACHE / "minbase"
+
+
+def build_minbase(force: bool = False) -> Path | None:
+    """A one-layer image of a ``debootstrap --variant=minbase`` tree, if there is one.
+
+    Make the tree first (a few minutes, needs Debian's mirror):
+    ``debootstrap --variant=minbase bookworm bench/cache/minbase-root``.
+    """
+    if not (MINBASE_ROOT / "usr").is_dir():
+        return None
+    return build_layout(MINBASE, MINBASE_ROOT, (["."],), force=force)
+
+
+def build_layout(dest: Path, root: Path, layer_sources: tuple[list[str], ...], *,
+                 force: bool = False) -> Path:
+    """An OCI layout at ``dest`` whose layers are tars of ``root``'s paths, in order."""
+    if (dest / "index.json").exists() and not force:
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     blobs = tmp / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     layers, diff_ids = [], []
-    for i, sources in enumerate(LAYER_SOURCES):
-        present = [s for s in sources if (Path("/") / s).exists()]
+    for i, sources in enumerate(layer_sources):
+        present = [s for s in sources if (root / s).exists()]
         out = tmp / f"layer{i}.tar.gz"
         with open(out, "wb") as f:
             tar = subprocess.Popen(
-                ["tar", "-C", "/", "--sort=name", "--mtime=@1700000000", "--owner=0",
-                 "--group=0", "--numeric-owner", "-cf", "-", *present],
+                ["tar", "-C", str(root), "--sort=name", "--mtime=@1700000000",
+                 "--numeric-owner", "--xattrs", "--exclude=./proc/*", "--exclude=./sys/*",
+                 "--exclude=./dev/*", "-cf", "-", *present],
                 stdout=subprocess.PIPE)
             subprocess.run(["gzip", "-6", "-n"], stdin=tar.stdout, stdout=f, check=True)
             assert tar.stdout is not None
             tar.stdout.close()
-            if tar.wait() != 0:
+            if tar.wait() not in (0, 1):  # 1: a file changed while read
                 raise RuntimeError(f"tar of {present} failed")
         digest = _sha256_file(out)
         diff_ids.append("sha256:" + _diff_id(out))
@@ -76,7 +98,7 @@ def build(force: bool = False) -> Path:
         "config": {"Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created": "2023-11-14T22:13:20Z", "created_by": f"ADD {' '.join(s)}"}
-                    for s in LAYER_SOURCES],
+                    for s in layer_sources],
     }, sort_keys=True).encode()
     cdigest = hashlib.sha256(config).hexdigest()
     (blobs / cdigest).write_bytes(config)
@@ -93,6 +115,6 @@ def build(force: bool = False) -> Path:
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": "sha256:" + mdigest, "size": len(manifest),
             "annotations": {"org.opencontainers.image.ref.name": TAG}}]}))
-    shutil.rmtree(IMAGE, ignore_errors=True)
-    tmp.rename(IMAGE)
-    return IMAGE
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest

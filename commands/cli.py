@@ -68,6 +68,8 @@ COMMANDS: dict[str, str] = {
     "copy": "ocikit.commands.push:copy",
     "login": "ocikit.commands.push:login",
     "logout": "ocikit.commands.push:logout",
+    "diff": "ocikit.commands.diff:diff",
+    "efficiency": "ocikit.commands.diff:efficiency",
     "unpack": "ocikit.commands.unpack:unpack",
     "run": "ocikit.commands.containers:run",
     "create": "ocikit.commands.containers:create",

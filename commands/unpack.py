@@ -31,7 +31,8 @@ def unpack(ctx: click.Context, bundle: bool, rootless: bool | None, platform: st
     renderer = make_renderer(progress_mode)
     try:
         img = open_image(ref, get_store(ctx), platform=parse_platform(platform), mode=PULL,
-                         client_factory=lambda: make_client(renderer), progress=renderer)
+                         client_factory=lambda: make_client(renderer), progress=renderer,
+                         import_layout=False)
     finally:
         close_renderer(renderer)
     assert img.blobs is not None

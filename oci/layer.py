@@ -240,6 +240,10 @@ class LayerStream(io.RawIOBase):
 
     def verify(self) -> Digest:
         """Read to EOF and compare with the diff_id; returns the digest seen."""
+        if self.closed and not self._eof:
+            # The inflate thread is gone: waiting on its queue would never end.
+            raise LayerError(f"{self._what}: verified after the stream was closed",
+                             layer=self.layer)
         self._buf = memoryview(b"")
         while self._next_chunk() is not None:
             pass

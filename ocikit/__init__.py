@@ -6,6 +6,8 @@ The public API lives in submodules imported on first use, so that
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ocikit.errors import (
     AuthError,
     ContainerError,
@@ -23,7 +25,18 @@ from ocikit.errors import (
 
 __version__ = "0.1.0"
 
-_API = ("pull", "inspect", "unpack", "run", "open_store")
+if TYPE_CHECKING:
+    from ocikit.api import (
+        diff_images,
+        image_efficiency,
+        inspect,
+        open_store,
+        pull,
+        run,
+        unpack,
+    )
+
+_API = ("pull", "inspect", "unpack", "run", "open_store", "diff_images", "image_efficiency")
 
 
 def __getattr__(name: str) -> object:
@@ -50,6 +63,8 @@ __all__ = [
     "UsageError",
     "VerificationError",
     "__version__",
+    "diff_images",
+    "image_efficiency",
     "inspect",
     "open_store",
     "pull",

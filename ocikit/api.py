@@ -23,6 +23,8 @@ from ocikit.progress import Progress, no_progress
 from ocikit.settings import store_root
 
 if TYPE_CHECKING:
+    from ocikit.diff import ImageDiff
+    from ocikit.efficiency import EfficiencyReport
     from ocikit.pulling import PullResult
     from ocikit.resolve import Image
 
@@ -72,7 +74,8 @@ def unpack(ref: str, dest: str | os.PathLike[str], *, bundle: bool = False,
     from ocikit.oci.unpack import unpack_image
     from ocikit.resolve import PULL, open_image
 
-    img = open_image(ref, open_store(store), platform=_platform(platform), mode=PULL)
+    img = open_image(ref, open_store(store), platform=_platform(platform), mode=PULL,
+                     import_layout=False)
     assert img.blobs is not None
     if bundle:
         write_bundle(img.blobs, img.parsed, img.config, Path(dest), rootless=rootless)
@@ -91,3 +94,20 @@ def run(ref: str, command: Sequence[str] = (), *, store: str | os.PathLike[str] 
 
     opts = RunOptions(command=tuple(command), auto_remove=remove, **options)
     return run_foreground(create(open_store(store), ref, opts))
+
+
+def diff_images(a: str, b: str, *, files: bool = False,
+                store: str | os.PathLike[str] | None = None,
+                platform: str | Platform | None = None) -> ImageDiff:
+    """What two images share and what changed (``files=True``: file by file)."""
+    from ocikit.diff import diff_images as _diff
+
+    return _diff(a, b, open_store(store), files=files, platform=_platform(platform))
+
+
+def image_efficiency(ref: str, *, store: str | os.PathLike[str] | None = None,
+                     platform: str | Platform | None = None) -> EfficiencyReport:
+    """Bytes later layers overwrite or delete, and dive's efficiency score."""
+    from ocikit.efficiency import image_efficiency as _eff
+
+    return _eff(ref, open_store(store), platform=_platform(platform))

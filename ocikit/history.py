@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ocikit.oci import mediatypes as mt
 from ocikit.oci.descriptor import Descriptor
+from ocikit.oci.digest import Digest
+from ocikit.oci.layer import open_layer
 from ocikit.oci.layout import Layout
 from ocikit.resolve import Image
 
@@ -26,41 +26,26 @@ class HistoryRow:
         return asdict(self)
 
 
-def uncompressed_size(layout: Layout, desc: Descriptor) -> int | None:
-    """Length of the layer's tar stream, read through to its end."""
+def uncompressed_size(layout: Layout, desc: Descriptor,
+                      diff_id: Digest | None = None) -> int | None:
+    """Length of the layer's tar stream, read through to its end (and verified)."""
     if not layout.has_blob(desc.digest):
         return None
-    total = 0
-    with layout.open_blob(desc.digest) as f:
-        head = f.read(4)
-        f.seek(0)
-        if desc.media_type in mt.ZSTD_LAYERS or head == b"\x28\xb5\x2f\xfd":
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-            while chunk := reader.read(1 << 20):
-                total += len(chunk)
-            return total
-        if head[:2] != b"\x1f\x8b":
-            return layout.blob_size(desc.digest)
-        # Multi-member gzip: a new decompressor for each member.
-        d = zlib.decompressobj(31)
-        while chunk := f.read(1 << 20):
-            while chunk:
-                total += len(d.decompress(chunk))
-                if d.eof:
-                    chunk = d.unused_data
-                    d = zlib.decompressobj(31)
-                    if chunk and chunk[:2] != b"\x1f\x8b":
-                        break
-                else:
-                    chunk = b""
-        total += len(d.flush())
-    return total
+    with layout.open_blob(desc.digest) as f, \
+            open_layer(f, desc.media_type, diff_id, layer=str(desc.digest)) as stream:
+        stream.verify()
+        return stream.count
 
 
 def image_history(img: Image) -> list[HistoryRow]:
     layers = list(img.parsed.layers)
+    ids = img.config.diff_ids if len(img.config.diff_ids) == len(layers) else ()
+
+    def unpacked(i: int) -> int | None:
+        if img.blobs is None:
+            return None
+        return uncompressed_size(img.blobs, layers[i], ids[i] if ids else None)
+
     rows: list[HistoryRow] = []
     li = 0
     for h in img.config.history:
@@ -68,16 +53,15 @@ def image_history(img: Image) -> list[HistoryRow]:
             rows.append(HistoryRow(h.created, h.created_by, h.comment, True, 0, 0, ""))
             continue
         desc = layers[li] if li < len(layers) else None
-        li += 1
         rows.append(HistoryRow(
             h.created, h.created_by, h.comment, False,
             desc.size if desc else None,
-            uncompressed_size(img.blobs, desc) if desc and img.blobs is not None else None,
+            unpacked(li) if desc else None,
             str(desc.digest) if desc else ""))
+        li += 1
     # Layers the history does not mention (or no history at all).
-    for desc in layers[li:]:
-        rows.append(HistoryRow("", "", "", False, desc.size,
-                               uncompressed_size(img.blobs, desc) if img.blobs else None,
-                               str(desc.digest)))
+    for i in range(li, len(layers)):
+        rows.append(HistoryRow("", "", "", False, layers[i].size, unpacked(i),
+                               str(layers[i].digest)))
     rows.reverse()
     return rows

@@ -176,11 +176,12 @@ PULL = "pull"           # pull into the store what is missing (run, create, unpa
 def open_image(text: str | Location, store: Store, *, platform: Platform | None = None,
                mode: str = REMOTE_READ,
                client_factory: Callable[[], RegistryClient] | None = None,
-               progress: Progress | None = None) -> Image:
+               progress: Progress | None = None, import_layout: bool = True) -> Image:
+    """The image ``text`` names; ``import_layout=False`` reads a layout's blobs in place."""
     loc = parse_location(text) if isinstance(text, str) else text
     if isinstance(loc, LayoutLocation):
         img = open_layout(loc, platform)
-        return import_blobs(store, img) if mode == PULL else img
+        return import_blobs(store, img) if mode == PULL and import_layout else img
     if isinstance(loc, ArchiveLocation):
         raise UnsupportedError(f"{loc}: reading docker-archive files is not supported here yet")
     assert isinstance(loc, RegistryLocation)

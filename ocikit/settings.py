@@ -7,11 +7,12 @@ from pathlib import Path
 
 
 def store_root(override: str | os.PathLike[str] | None = None) -> Path:
+    # Absolute, because containers record their folders and chdir around.
     if override:
-        return Path(override)
+        return Path(override).absolute()
     env = os.environ.get("OCIKIT_STORE")
     if env:
-        return Path(env)
+        return Path(env).absolute()
     if os.geteuid() == 0:
         return Path("/var/lib/ocikit")
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")

@@ -28,4 +28,14 @@ def test_pull_inspect_unpack_run(seeded_registry: SeedSet, tmp_path: Path) -> No
     with pytest.raises(ocikit.UsageError):
         ocikit.pull("Bad Ref")
     with pytest.raises(AttributeError):
-        _ = ocikit.nothing  # type: ignore[attr-defined]
+        _ = getattr(ocikit, "nothing")  # noqa: B009 - the module-level __getattr__ path
+
+
+def test_diff_and_efficiency(seeded_registry: SeedSet) -> None:
+    a, b = seeded_registry.busybox, seeded_registry.layers
+    d = ocikit.diff_images(a.ref, b.ref, files=True)
+    assert d.files is not None
+    added = {c.path for c in d.files.of("added")}
+    assert "/data/new" in added or "data/new" in added, added
+    report = ocikit.image_efficiency(b.ref)
+    assert 0 < report.result.score <= 1

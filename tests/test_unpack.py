@@ -243,3 +243,20 @@ def test_read_in_root_confines_symlinks(tmp_path):
                                     symlink("etc/group", "../real"), file("real", "g")]])
     assert read_in_root(out, "/etc/passwd") is None  # /etc/hostname inside the root: absent
     assert read_in_root(out, "/etc/group") == b"g"
+
+
+def test_verify_after_close_raises_instead_of_hanging() -> None:
+    import gzip
+    import io
+
+    from fixtures.images import file, tar_bytes
+    from ocikit.errors import LayerError
+    from ocikit.oci.layer import open_layer
+
+    raw = tar_bytes([file("a", b"x" * 100_000)])
+    stream = open_layer(io.BytesIO(gzip.compress(raw)), "application/vnd.oci.image.layer.v1"
+                        ".tar+gzip", None, layer="sha256:test")
+    stream.read(10)
+    stream.close()
+    with pytest.raises(LayerError, match="closed"):
+        stream.verify()
