@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ocikit.errors import NotFoundError, UnsupportedError
@@ -149,6 +150,24 @@ def open_remote(client: RegistryClient, ref: Reference,
                  blobs=None, source="registry", ref=ref)
 
 
+def open_archive(loc: ArchiveLocation, store: Store, platform: Platform | None = None) -> Image:
+    """A docker-archive, converted to an OCI layout in the store's tmp/ for this process."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from ocikit.copy import copy
+
+    store.init()
+    tmp = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="archive-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    copy(loc, LayoutLocation(tmp, "image"), store=store, platform=platform)
+    img = open_layout(LayoutLocation(tmp, "image"), platform)
+    return Image(name=str(loc), digest=img.digest, manifest=img.manifest, index=img.index,
+                 config_bytes=img.config_bytes, config=img.config, blobs=img.blobs,
+                 source="docker-archive", ref=None)
+
+
 def import_blobs(store: Store, img: Image) -> Image:
     """Copy a layout image's blobs into the store (verified), so snapshots can use them."""
     if img.blobs is store or img.blobs is None:
@@ -183,7 +202,8 @@ def open_image(text: str | Location, store: Store, *, platform: Platform | None 
         img = open_layout(loc, platform)
         return import_blobs(store, img) if mode == PULL and import_layout else img
     if isinstance(loc, ArchiveLocation):
-        raise UnsupportedError(f"{loc}: reading docker-archive files is not supported here yet")
+        img = open_archive(loc, store, platform)
+        return import_blobs(store, img) if mode == PULL else img
     assert isinstance(loc, RegistryLocation)
     ref = loc.ref
     if not loc.explicit:
