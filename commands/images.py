@@ -221,21 +221,49 @@ def tag(ctx: click.Context, src: str, dest: str) -> None:
 
 
 @click.command()
+@click.option("-f", "--force", is_flag=True, help="remove even if a container uses it")
 @click.argument("refs", nargs=-1, required=True)
 @click.pass_context
-def rmi(ctx: click.Context, refs: tuple[str, ...]) -> None:
+def rmi(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
     """Remove images from the store (their blobs go unless another image uses them)."""
     from ocikit.gc import collect
+    from ocikit.resolve import find_stored
 
     store = get_store(ctx)
     for r in refs:
         ref = _registry_ref(r)
+        desc = find_stored(store, ref)
+        if desc is None:
+            raise NotFoundError(f"no image named {ref} in the store")
+        if not force:
+            _refuse_if_used(store, ref, desc)
         store.remove_name(str(ref))
         click.echo(f"Untagged: {ref}")
     result = collect(store, partials=False)
     if result.blobs_removed:
         click.echo(f"Deleted {result.blobs_removed} blobs ({human_size(result.bytes_freed)})",
                    err=True)
+
+
+def _refuse_if_used(store: Any, ref: Reference, desc: Any) -> None:
+    """As docker: an image a container was created from is not removed without -f."""
+    if not store.containers_dir.is_dir() or not any(store.containers_dir.iterdir()):
+        return
+    from ocikit.oci.runtime.containers import list_containers
+
+    try:
+        m = store.read_manifest(desc).parsed
+    except OcikitError:
+        return
+    if not isinstance(m, Manifest):
+        return
+    users = [c.name for c in list_containers(store.containers_dir)
+             if c.spec.image_id == str(m.config.digest)]
+    others = [e for e in store.entries()
+              if e.name != str(ref) and e.descriptor.digest == desc.digest]
+    if users and not others:
+        raise OcikitError(f"image {ref} is in use by container(s) {', '.join(users)} "
+                          "(remove them first, or use -f)")
 
 
 @click.command()
@@ -248,9 +276,11 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     result = collect(get_store(ctx))
     if as_json:
         print_json({"BlobsRemoved": result.blobs_removed, "BytesFreed": result.bytes_freed,
-                    "PartialsRemoved": result.partials_removed})
+                    "PartialsRemoved": result.partials_removed,
+                    "SnapshotsRemoved": result.snapshots_removed})
     else:
-        click.echo(f"removed {result.blobs_removed} blobs and {result.partials_removed} "
-                   f"partial downloads, {human_size(result.bytes_freed)} freed")
+        click.echo(f"removed {result.blobs_removed} blobs, {result.snapshots_removed} "
+                   f"snapshots and {result.partials_removed} partial downloads, "
+                   f"{human_size(result.bytes_freed)} freed")
 
 

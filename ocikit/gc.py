@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ class GcResult:
     blobs_removed: int
     bytes_freed: int
     partials_removed: int
+    snapshots_removed: int = 0
 
 
 def reachable(layout: Layout) -> set[Digest]:
@@ -51,8 +54,47 @@ def reachable(layout: Layout) -> set[Digest]:
     return keep
 
 
-def collect(store: Store, *, partials: bool = True) -> GcResult:
-    removed = freed = partial_count = 0
+def _snapshots_in_use(store: Store) -> set[str]:
+    """Snapshot folder names some stored image or some container needs."""
+    from ocikit.oci.descriptor import ImageConfig
+    from ocikit.oci.snapshot import chain_ids
+
+    names: set[str] = set()
+    for e in store.entries():
+        try:
+            m = store.read_manifest(e.descriptor).parsed
+            if isinstance(m, Manifest):
+                cfg = ImageConfig.parse(store.read_blob(m.config.digest))
+                names.update(c.hex for c in chain_ids(cfg.diff_ids))
+        except OcikitError:
+            continue
+    containers = store.containers_dir
+    if containers.is_dir():
+        for d in containers.iterdir():
+            try:
+                spec = json.loads((d / "config.json").read_text())
+            except (OSError, ValueError):
+                continue
+            names.update(os.path.basename(p) for p in spec.get("lower_dirs") or ())
+    return names
+
+
+def _collect_snapshots(store: Store) -> tuple[int, int]:
+    if not store.snapshots_dir.is_dir():
+        return 0, 0
+    keep = _snapshots_in_use(store)
+    removed = freed = 0
+    for d in store.snapshots_dir.iterdir():
+        if d.name in keep or not d.is_dir() or d.is_symlink():
+            continue
+        freed += sum(f.lstat().st_size for f in d.rglob("*") if not f.is_dir())
+        shutil.rmtree(d, ignore_errors=True)
+        removed += 1
+    return removed, freed
+
+
+def collect(store: Store, *, partials: bool = True, snapshots: bool = True) -> GcResult:
+    removed = freed = partial_count = snap_count = 0
     with store.collecting():
         keep = reachable(store)
         for digest in list(store.iter_blobs()):
@@ -72,6 +114,9 @@ def collect(store: Store, *, partials: bool = True) -> GcResult:
                     freed += p.stat().st_size
                     p.unlink()
                     partial_count += 1
+        if snapshots:
+            snap_count, snap_bytes = _collect_snapshots(store)
+            freed += snap_bytes
         if store.tmp_dir.is_dir():
             for p in store.tmp_dir.iterdir():
                 if p.name == "gc.lock":
@@ -81,4 +126,4 @@ def collect(store: Store, *, partials: bool = True) -> GcResult:
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         p.unlink()
-    return GcResult(removed, freed, partial_count)
+    return GcResult(removed, freed, partial_count, snap_count)

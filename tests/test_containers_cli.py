@@ -226,3 +226,20 @@ def test_run_many_layer_image(tmp_path: Path) -> None:
                "cat /layer59; test ! -e /layer5 && echo gone")
     assert r.code == 0, r
     assert r.out == "59\ngone\n"
+
+
+def test_rmi_and_gc_respect_containers(busybox_ref: str) -> None:
+    assert ocikit("create", "--name", "user", busybox_ref, "true").code == 0
+    snaps = store_root() / "snapshots"
+    assert len(list(snaps.iterdir())) == 1
+    r = ocikit("rmi", busybox_ref)
+    assert_one_line_error(r, 1, "in use by container(s) user")
+    assert ocikit("rmi", "-f", busybox_ref).code == 0
+    # The image's name is gone but the container still runs on its snapshot.
+    assert ocikit("gc").code == 0
+    assert len(list(snaps.iterdir())) == 1
+    assert ocikit("start", "-a", "user").code == 0
+    assert ocikit("rm", "user").code == 0
+    r = ocikit("gc", "--json")
+    assert r.code == 0 and json.loads(r.out)["SnapshotsRemoved"] == 1, r
+    assert not list(snaps.iterdir())
