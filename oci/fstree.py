@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from ocikit.errors import LayerError, UnsafeLayerError
 from ocikit.oci import tarstream as ts
-from ocikit.oci.tarstream import Member, TarFormatError, TarReader
+from ocikit.oci.tarstream import Member, TarFormatError, TarReader, clean_name
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -40,20 +40,6 @@ DiscardFn = Callable[[Path, "Node", int, str], None]
 HashFn = Callable[[Path], str | None]
 
 _versions = itertools.count(1)
-
-
-def clean_name(name: str) -> Path:
-    """An entry name cleaned as text: ``a/../b`` is ``b``; leading ``/`` and ``..`` go."""
-    out: list[str] = []
-    for c in name.split("/"):
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(c)
-    return tuple(out)
 
 
 def show(path: Path) -> str:

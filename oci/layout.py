@@ -245,6 +245,24 @@ class Layout:
                 return e.descriptor
         return None
 
+    def select(self, tag: str = "") -> Descriptor:
+        """The entry named ``tag``; without one, the layout's only image.
+
+        Referrer fallback tags (``sha256-<hex>``) do not count as images.
+        """
+        self.check()
+        entries = self.entries()
+        if tag:
+            matches = [e for e in entries if e.name == tag]
+            if not matches:
+                raise NotFoundError(f"no image tagged {tag!r} in {self.root}")
+        else:
+            matches = [e for e in entries if not e.name.startswith("sha256-")]
+            if len(matches) != 1:
+                raise NotFoundError(f"{self.root} holds {len(matches)} images: name one "
+                                    f"with oci:{self.root}:TAG")
+        return matches[0].descriptor
+
     def _write_index_doc(self, doc: dict[str, Any]) -> None:
         self._atomic_write(self.root / "index.json",
                            json.dumps(doc, indent=None, separators=(",", ":")).encode())

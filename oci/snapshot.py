@@ -18,19 +18,17 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ocikit.errors import LayerError, StoreError
 from ocikit.oci.descriptor import ImageConfig, Manifest
 from ocikit.oci.digest import Digest
 from ocikit.oci.layout import Store
-from ocikit.oci.unpack import (
-    LayerProgress,
-    ProgressFn,
-    WarnFn,
-    apply_layer_blob,
-    check_layers,
-    remove_tree,
-)
+
+if TYPE_CHECKING:
+    # The extractor is imported only when a layer has to be unpacked: a
+    # container start over existing snapshots does not pay for it.
+    from ocikit.oci.unpack import ProgressFn, WarnFn
 
 
 def chain_ids(diff_ids: Sequence[Digest]) -> list[Digest]:
@@ -65,7 +63,10 @@ def ensure_snapshots(store: Store, manifest: Manifest, config: ImageConfig, *,
                      progress: ProgressFn | None = None,
                      warn: WarnFn | None = None) -> list[Path]:
     """Unpack every layer not yet in ``snapshots/``; their paths, bottom layer first."""
-    check_layers(manifest, config)
+    if len(manifest.layers) != len(config.diff_ids):
+        from ocikit.oci.unpack import check_layers
+
+        check_layers(manifest, config)
     store.snapshots_dir.mkdir(parents=True, exist_ok=True)
     store.tmp_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -92,6 +93,8 @@ def _reporter(progress: ProgressFn, i: int, n: int, digest: str, size: int
               ) -> Callable[[int], None]:
     done = 0
 
+    from ocikit.oci.unpack import LayerProgress
+
     def report(k: int) -> None:
         nonlocal done
         done += k
@@ -102,6 +105,8 @@ def _reporter(progress: ProgressFn, i: int, n: int, digest: str, size: int
 def _unpack_one(store: Store, media_type: str, digest: Digest, diff_id: Digest, final: Path,
                 lowers: list[Path], progress: Callable[[int], None] | None,
                 warn: WarnFn | None) -> None:
+    from ocikit.oci.unpack import apply_layer_blob, remove_tree
+
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f"snapshot-{final.name[:12]}-", dir=store.tmp_dir))
     except OSError as e:

@@ -35,6 +35,20 @@ REGULAR = (REG, AREG, CONTIG)
 _MAX_META = 1 << 20
 
 
+def clean_name(name: str) -> tuple[str, ...]:
+    """An entry name cleaned as text: ``a/../b`` is ``b``; leading ``/`` and ``..`` go."""
+    out: list[str] = []
+    for c in name.split("/"):
+        if c in ("", "."):
+            continue
+        if c == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(c)
+    return tuple(out)
+
+
 class TarFormatError(Exception):
     """The stream is not a tar archive ocikit can read with certainty."""
 

@@ -41,7 +41,7 @@ from ocikit.oci.descriptor import Descriptor, ImageConfig, Manifest
 from ocikit.oci.digest import Digest
 from ocikit.oci.layer import open_layer
 from ocikit.oci.layout import Layout
-from ocikit.oci.tarstream import Member, TarFormatError, TarReader
+from ocikit.oci.tarstream import Member, TarFormatError, TarReader, clean_name
 
 WarnFn = Callable[[str], None]
 
@@ -54,20 +54,6 @@ _MAX_CACHED_DIRS = 2048
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_BUF = 1 << 20
-
-
-def clean_name(name: str) -> tuple[str, ...]:
-    """An entry name cleaned as text: ``a/../b`` is ``b``; leading ``/`` and ``..`` go."""
-    out: list[str] = []
-    for c in name.split("/"):
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(c)
-    return tuple(out)
 
 
 def escape_xattr(name: str) -> str:

@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -66,6 +65,7 @@ from ocikit.oci.location import (
     parse_location,
 )
 from ocikit.oci.reference import Reference
+from ocikit.parallel import run_all
 from ocikit.progress import (
     BLOB_DONE,
     BLOB_EXISTS,
@@ -727,25 +727,7 @@ class _Copier:
             with lock:
                 self.counts[how] += 1
 
-        if len(todo) == 1:
-            one(todo[0])
-            return
-        pool = ThreadPoolExecutor(max_workers=min(self.max_workers, len(todo)),
-                                  thread_name_prefix="ocikit-copy")
-        try:
-            futures = [pool.submit(one, d) for d in todo]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in done:
-                exc = f.exception()
-                if exc is not None:
-                    cancel.set()
-                    wait(futures)
-                    raise exc
-        except BaseException:
-            cancel.set()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        run_all(one, todo, max_workers=self.max_workers, cancel=cancel, name="ocikit-copy")
 
     def copy_graph(self, top: ManifestBlob) -> ManifestBlob:
         """Blobs and manifests of ``top``; returns ``top`` as written (maybe converted)."""
@@ -901,18 +883,7 @@ def open_source(loc: Location, store: Store | None, client: Callable[[], Registr
                 dest_kind: str, progress: Progress = no_progress) -> Source:
     if isinstance(loc, LayoutLocation):
         layout = Layout(loc.path)
-        layout.check()
-        entries = layout.entries()
-        if loc.tag:
-            matches = [e for e in entries if e.name == loc.tag]
-            if not matches:
-                raise NotFoundError(f"no image tagged {loc.tag!r} in {loc.path}")
-        else:
-            matches = [e for e in entries if not e.name.startswith("sha256-")]
-            if len(matches) != 1:
-                raise NotFoundError(f"{loc.path} holds {len(matches)} images: name one "
-                                    f"with oci:{loc.path}:TAG")
-        d = matches[0].descriptor
+        d = layout.select(loc.tag)
         return LayoutSource(layout, Descriptor(d.media_type, d.digest, d.size), str(loc))
     if isinstance(loc, ArchiveLocation):
         fmt = FORMAT_DOCKER if dest_kind == "registry" else FORMAT_OCI

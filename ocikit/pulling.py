@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from ocikit.errors import NotFoundError, OcikitError
@@ -19,6 +18,7 @@ from ocikit.oci.descriptor import Descriptor, Index, Manifest, ManifestBlob, Pla
 from ocikit.oci.digest import Digest
 from ocikit.oci.layout import INDEX_DIGEST, Store
 from ocikit.oci.reference import Reference
+from ocikit.parallel import run_all
 from ocikit.progress import (
     BLOB_DONE,
     BLOB_EXISTS,
@@ -188,22 +188,7 @@ def _fetch_layers(ref: Reference, store: Store, client: RegistryClient,
             store.adopt_verified_file(partial, layer.digest)
         progress(ProgressEvent(BLOB_DONE, str(ref), str(layer.digest), layer.size, layer.size))
 
-    pool = ThreadPoolExecutor(max_workers=min(max_workers, len(todo)),
-                              thread_name_prefix="ocikit-pull")
-    try:
-        futures = [pool.submit(fetch, layer) for layer in todo]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in done:
-            exc = f.exception()
-            if exc is not None:
-                cancel.set()
-                wait(futures)
-                raise exc
-    except BaseException:
-        cancel.set()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    run_all(fetch, todo, max_workers=max_workers, cancel=cancel, name="ocikit-pull")
     return len(todo)
 
 

@@ -117,18 +117,7 @@ def open_stored(store: Store, ref: Reference, platform: Platform | None = None) 
 
 def open_layout(loc: LayoutLocation, platform: Platform | None = None) -> Image:
     layout = Layout(loc.path)
-    layout.check()
-    entries = layout.entries()
-    if loc.tag:
-        matches = [e for e in entries if e.name == loc.tag]
-        if not matches:
-            raise NotFoundError(f"no image tagged {loc.tag!r} in {loc.path}")
-    else:
-        matches = entries
-        if len(matches) != 1:
-            raise NotFoundError(
-                f"{loc.path} holds {len(matches)} images: name one with oci:{loc.path}:TAG")
-    return _from_layout(layout, matches[0].descriptor, str(loc), "oci", platform)
+    return _from_layout(layout, layout.select(loc.tag), str(loc), "oci", platform)
 
 
 def open_remote(client: RegistryClient, ref: Reference,

@@ -28,8 +28,8 @@ from ocikit.errors import LayerError, UsageError
 from ocikit.oci import mediatypes as mt
 from ocikit.oci.digest import Digest
 from ocikit.oci.layer import open_layer
-from ocikit.oci.tarstream import TarReader
-from ocikit.oci.unpack import clean_name, read_in_root, unpack_image
+from ocikit.oci.tarstream import TarReader, clean_name
+from ocikit.oci.unpack import read_in_root, unpack_image
 
 CAP = b"\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
