@@ -1,6 +1,6 @@
 """Run ocikit and the anchor tools side by side on the same images; print ratios.
 
-    .venv/bin/python bench/run.py [pull ...] [--rounds N]
+    .venv/bin/python bench/run.py [pull push unpack diff run] [--rounds N]
 
 Each benchmark alternates the tools within one run (so drift hits both)
 and prints the median wall time of each and the median ratio. Timings are
@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import OCIKIT, ocikit_env, report, run, timed  # noqa: E402
+from bench.common import OCIKIT, install, ocikit_env, report, run, timed  # noqa: E402
 from bench.containers import bench_run  # noqa: E402
 from bench.image import CACHE, TAG, build  # noqa: E402
 from bench.unpack import bench_unpack  # noqa: E402
@@ -122,9 +122,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     CACHE.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        for name in args.which or list(BENCHES):
-            BENCHES[name](Path(tmp), args.rounds)
+    install()
+    for name in args.which or list(BENCHES):
+        # A fresh work folder per benchmark: each may start servers in it.
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            BENCHES[name](Path(tmp).absolute(), args.rounds)
 
 
 if __name__ == "__main__":
