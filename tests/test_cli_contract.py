@@ -54,7 +54,7 @@ def test_ctrl_c_exits_130_and_keeps_the_partial(seeded_registry: SeedSet,
         time.sleep(0.05)
     time.sleep(0.2)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    _, err = p.communicate(timeout=60)
     assert p.returncode == 130, (p.returncode, err)
     assert "Traceback" not in err
     store = os.environ["OCIKIT_STORE"]
