@@ -43,9 +43,16 @@ def pull(ctx: click.Context, quiet: bool, platform: str | None, progress_mode: s
          ref: str) -> None:
     """Fetch an image's manifest, config and layers into the store."""
     from ocikit.pulling import pull as do_pull
+    from ocikit.pulling import pull_local
 
-    reference = _registry_ref(ref)
+    loc = parse_location(ref)
     store = get_store(ctx)
+    if not isinstance(loc, RegistryLocation):
+        # oci:DIR[:TAG] and docker-archive:FILE are sources too: import them.
+        result = pull_local(loc, store, platform=parse_platform(platform))
+        click.echo(str(result.digest) if quiet else result.name)
+        return
+    reference = loc.ref
     renderer = make_renderer(progress_mode, quiet)
     try:
         result = do_pull(reference, store, make_client(renderer),

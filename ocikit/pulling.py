@@ -8,6 +8,7 @@ downloads in ``ingest/``, never a name pointing at missing content.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ocikit.oci import mediatypes as mt
 from ocikit.oci.descriptor import Descriptor, Index, Manifest, ManifestBlob, Platform
 from ocikit.oci.digest import Digest
 from ocikit.oci.layout import INDEX_DIGEST, Store
+from ocikit.oci.location import ArchiveLocation, LayoutLocation
 from ocikit.oci.reference import Reference
 from ocikit.parallel import run_all
 from ocikit.progress import (
@@ -193,3 +195,38 @@ def _fetch_layers(ref: Reference, store: Store, client: RegistryClient,
 
 
 ClientFactory = Callable[[], RegistryClient]
+
+
+def local_name(loc: LayoutLocation | ArchiveLocation) -> Reference:
+    """The store name of an image pulled from a layout or an archive.
+
+    An archive's own RepoTags win; otherwise ``localhost/<folder>:<tag>``,
+    as podman names what it pulls from an ``oci:`` layout.
+    """
+    if isinstance(loc, ArchiveLocation):
+        from ocikit.oci.archive import DockerArchive
+
+        with DockerArchive(loc.path) as archive:
+            tags = archive.select(loc.ref).repo_tags
+        if tags:
+            return Reference.parse(tags[0])
+    base = re.sub(r"[^a-z0-9._-]+", "-", loc.path.absolute().name.lower()).strip("._-")
+    tag = (loc.tag if isinstance(loc, LayoutLocation) else "") or "latest"
+    return Reference.parse(f"localhost/{base or 'image'}:{tag}")
+
+
+def pull_local(loc: LayoutLocation | ArchiveLocation, store: Store, *,
+               platform: Platform | None = None) -> PullResult:
+    """Import an image from an OCI layout or a docker-archive into the store."""
+    from ocikit.resolve import PULL, open_image
+
+    img = open_image(loc, store, platform=platform, mode=PULL)
+    name = str(local_name(loc))
+    desc = img.manifest.descriptor
+    extra: dict[str, str] = {}
+    if img.index is not None:
+        extra[INDEX_DIGEST] = str(img.index.digest)
+        desc = Descriptor(desc.media_type, desc.digest, desc.size, platform=img.platform)
+    store.set_name(name, desc, extra)
+    return PullResult(name=name, digest=img.digest, manifest=desc, platform=desc.platform,
+                      downloaded=0)

@@ -51,3 +51,20 @@ def test_oci_layout_source_for_inspect_history_unpack(tmp_path: Path) -> None:
 def test_missing_sources_are_one_line_errors(source: str) -> None:
     r = ocikit("inspect", source)
     assert r.code == 1 and "Traceback" not in r.err and r.err.startswith("ocikit: "), r
+
+
+def test_pull_imports_layouts_and_archives(tmp_path: Path) -> None:
+    built = write_busybox(tmp_path / "My Layout", tag="v1")
+    r = ocikit("pull", f"oci:{tmp_path / 'My Layout'}:v1")
+    assert r.code == 0, r
+    assert r.out.strip() == "localhost/my-layout:v1"
+    r = ocikit("pull", "-q", f"oci:{tmp_path / 'My Layout'}:v1")
+    assert r.out.strip() == built.manifest_digest
+    archive = tmp_path / "app.tar"
+    docker_save_tar(archive, "example/app:1.0")
+    r = ocikit("pull", f"docker-archive:{archive}")
+    assert r.code == 0 and r.out.strip() == "docker.io/example/app:1.0", r
+    names = sorted(i["Name"] for i in json.loads(ocikit("images", "--json").out))
+    assert names == ["docker.io/example/app:1.0", "localhost/my-layout:v1"]
+    r = ocikit("unpack", "example/app:1.0", str(tmp_path / "rootfs"))
+    assert r.code == 0 and (tmp_path / "rootfs" / "etc" / "motd").exists(), r
