@@ -32,14 +32,27 @@ def make_client(progress: Progress | None = None) -> RegistryClient:
 
     def rate(registry: str, remaining: str) -> None:
         # Docker Hub's "ratelimit-remaining: 76;w=21600": pulls left in the window.
-        left = remaining.split(";")[0]
+        left, window = rate_limit_parts(remaining)
         if progress is not None and registry + left not in shown:
             shown.add(registry + left)
             progress(ProgressEvent(RATE_LIMIT, registry,
-                                   message=f"{registry}: {left} pulls left in this rate-limit "
-                                           "window"))
+                                   message=f"{registry}: {left} pulls left in this "
+                                           f"{window}rate-limit window"))
 
     return RegistryClient(load_config(), progress_rate=rate)
+
+
+def rate_limit_parts(value: str) -> tuple[str, str]:
+    """``"76;w=21600"`` -> ``("76", "6-hour ")``: the count and the window, if given."""
+    count, *params = (p.strip() for p in value.split(";"))
+    window = ""
+    for param in params:
+        key, _, secs = param.partition("=")
+        if key.strip().lower() == "w" and secs.strip().isdigit():
+            n = int(secs)
+            window = (f"{n // 3600}-hour " if n % 3600 == 0 else
+                      f"{n // 60}-minute " if n % 60 == 0 else f"{n}-second ")
+    return count, window
 
 
 def parse_platform(value: str | None) -> Platform | None:

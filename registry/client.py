@@ -2,7 +2,9 @@
 
 Pulls go through the registry's mirrors first (``Config``), each one skipped
 when it fails (unreachable, 5xx after retries, 404, a 401 we cannot satisfy),
-then the registry itself, whose error is the one reported. Everything a
+then the registry itself, whose error is the one reported. A mirror that
+does not know a repository at all (``NAME_UNKNOWN``) is not asked about it
+again by the same client. Everything a
 registry sends is verified against a digest we computed ourselves.
 
 Push (blob HEAD, mount, upload, manifest PUT) belongs in ``upload.py`` and
@@ -44,6 +46,7 @@ from ocikit.registry.auth import Authenticator, TokenCache
 from ocikit.registry.config import Config, RegistryConfig, normalize_host, split_host_port
 from ocikit.registry.credentials import Credential, Credentials
 from ocikit.registry.transport import (
+    RepositoryUnknownError,
     RetryPolicy,
     Transport,
     UnreachableError,
@@ -130,6 +133,18 @@ def _speaks_tls(resp: requests.Response) -> bool:
     except OcikitError:
         return False
     return b"HTTPS server" in body
+
+
+# What registries that predate the OCI and schema2 media types send for a
+# manifest: it says nothing, so the body's mediaType (or its fields) decide.
+_GENERIC_TYPES = frozenset({"application/json", "application/octet-stream", "text/plain",
+                            "binary/octet-stream"})
+
+
+def _manifest_type(content_type: str) -> str:
+    """``Content-Type`` of a manifest answer; "" when it is a generic type."""
+    base = content_type.split(";")[0].strip().lower()
+    return "" if base in _GENERIC_TYPES else content_type
 
 
 class _Cut(Exception):
@@ -246,6 +261,8 @@ class RegistryClient:
         self.policy = policy or RetryPolicy()
         self.last_ratelimit: str | None = None
         self._endpoints: dict[tuple[str, str, bool], Endpoint] = {}
+        # (registry, repository) -> mirror hosts that do not have it
+        self._lacking: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -318,10 +335,21 @@ class RegistryClient:
         out.append(self.registry_endpoint(registry))
         return out
 
-    def _each_endpoint(self, registry: str, fn: Callable[[Endpoint], T]) -> T:
-        endpoints = self.pull_endpoints(registry)
+    def _each_endpoint(self, ref: Reference, fn: Callable[[Endpoint], T]) -> T:
+        """``fn`` on each pull endpoint in turn until one answers; the registry's error decides.
+
+        A mirror that said it does not know ``ref``'s repository at all
+        (``NAME_UNKNOWN``) is not asked again about it in this client: every
+        manifest and blob request would be one more 404. A mirror that lacks
+        only a tag or a blob is still asked for the rest.
+        """
+        endpoints = self.pull_endpoints(ref.registry)
+        repo = (normalize_host(ref.registry), ref.repository)
+        with self._lock:
+            lacking = self._lacking.get(repo, set())
+            mirrors = [ep for ep in endpoints[:-1] if ep.host not in lacking]
         skipped: list[str] = []
-        for ep in endpoints[:-1]:
+        for ep in mirrors:
             try:
                 return fn(ep)
             except UnreachableError as e:
@@ -329,14 +357,21 @@ class RegistryClient:
                 skipped.append(str(e))
             except (RegistryError, NotFoundError) as e:
                 # includes AuthError: a mirror that wants what we lack
+                if isinstance(e, RepositoryUnknownError):
+                    with self._lock:
+                        self._lacking.setdefault(repo, set()).add(ep.host)
                 skipped.append(f"mirror {ep.host}: {e}")
         try:
             return fn(endpoints[-1])
         except (RegistryError, NotFoundError) as e:
-            if skipped and e.args:
-                # the registry's error decides; what the mirrors said helps to debug
-                e.args = (f"{e.args[0]} (also tried: {'; '.join(skipped)})", *e.args[1:])
-            raise
+            raise self._with_skipped(e, skipped) from None
+
+    @staticmethod
+    def _with_skipped(e: OcikitError, skipped: list[str]) -> OcikitError:
+        if skipped and e.args:
+            # the registry's error decides; what the mirrors said helps to debug
+            e.args = (f"{e.args[0]} (also tried: {'; '.join(skipped)})", *e.args[1:])
+        return e
 
     def error(self, resp: requests.Response, what: str, ep: Endpoint) -> OcikitError:
         return http_error(resp, what, ep.host)
@@ -367,7 +402,7 @@ class RegistryClient:
             discard(resp)
             return resp
 
-        resp = self._each_endpoint(ref.registry, head)
+        resp = self._each_endpoint(ref, head)
         if resp.status_code == 200:
             desc = self._descriptor_from_head(ref, resp)
             if desc is not None:
@@ -402,11 +437,11 @@ class RegistryClient:
                            headers=headers, follow_redirects=True)
             if resp.status_code != 200:
                 raise self.error(resp, what, ep)
-            ctype = resp.headers.get("Content-Type", "")
+            ctype = _manifest_type(resp.headers.get("Content-Type", ""))
             header = resp.headers.get("Docker-Content-Digest", "").strip()
             return read_body(resp, MAX_MANIFEST_SIZE, what), ctype, header
 
-        data, ctype, header = self._each_endpoint(ref.registry, get)
+        data, ctype, header = self._each_endpoint(ref, get)
         if ref.digest is not None:
             got = Digest.from_bytes(data, ref.digest.algorithm)
             if got != ref.digest:
@@ -444,7 +479,7 @@ class RegistryClient:
                 raise self.error(resp, f"{what} of {ref.name}", ep)
             return read_body(resp, desc.size, what)
 
-        data = self._each_endpoint(ref.registry, get)
+        data = self._each_endpoint(ref, get)
         if len(data) != desc.size:
             raise VerificationError(
                 f"{what}: size mismatch (expected {desc.size} bytes, got {len(data)})")
@@ -503,7 +538,7 @@ class RegistryClient:
                                          headers, report)
 
             try:
-                hasher = self._each_endpoint(ref.registry, attempt)
+                hasher = self._each_endpoint(ref, attempt)
             except _Cut as cut:
                 now = _file_size(partial)
                 report(now)
@@ -640,7 +675,7 @@ class RegistryClient:
             raise RegistryError(f"{ep.host}: more than {MAX_TAG_PAGES} pages of tags",
                                 registry=ep.host)
 
-        return self._each_endpoint(ref.registry, tags)
+        return self._each_endpoint(ref, tags)
 
     def ping(self, host: str, credential: Credential | None = None) -> None:
         """Check ``host`` serves the registry API and accepts our credentials.

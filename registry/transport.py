@@ -9,6 +9,10 @@
 - Connection errors, 5xx and 429 are retried with exponential backoff and
   jitter; ``Retry-After`` (seconds or an HTTP date) is honoured up to a cap,
   beyond which the answer is returned at once (waiting hours helps no one).
+  So is a 429 for a used-up pull quota (Docker Hub: ``TOOMANYREQUESTS`` in a
+  JSON body, or ``ratelimit-remaining: 0``, and no ``Retry-After``): its
+  window is hours long, while Hub's plain-text 429 of its overall request
+  limit is worth the short retries.
 - Every response is streamed; bodies are read with a bound (``read_body``).
 - Redirects are not followed here: the client follows them itself so that
   the registry's ``Authorization`` never reaches another host.
@@ -23,6 +27,7 @@ import http.cookiejar
 import json
 import os
 import random
+import re
 import socket
 import ssl
 import tempfile
@@ -53,6 +58,7 @@ from ocikit.errors import (
 USER_AGENT = f"ocikit/{__version__}"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ERROR_BODY_LIMIT = 64 << 10
+_INSUFFICIENT_SCOPE = re.compile(r'(?:^|[\s,])error\s*=\s*"?insufficient_scope"?', re.I)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,10 @@ class UnreachableError(RegistryError):
         # the peer closed or reset the connection (what a TLS server does to
         # plain HTTP, or a plain server to a TLS hello)
         self.reset = reset
+
+
+class RepositoryUnknownError(NotFoundError):
+    """A 404 saying the registry does not know the repository at all (``NAME_UNKNOWN``)."""
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -262,9 +272,42 @@ class Transport:
             wait = parse_retry_after(resp.headers.get("Retry-After"))
             if wait is not None and wait > self.policy.max_retry_after:
                 return resp
+            if resp.status_code == 429 and wait is None and quota_exhausted(resp):
+                return resp
             discard(resp)
             self._sleep(wait if wait is not None else self.policy.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+# A body read ahead of the caller (to look at a 429) waits here for read_body.
+_PEEKED = "_ocikit_peeked_body"
+
+
+def quota_exhausted(resp: requests.Response) -> bool:
+    """Whether a 429 says a pull quota is used up, rather than "slow down".
+
+    Reads (and keeps, for ``read_body``) at most ``ERROR_BODY_LIMIT`` bytes.
+    """
+    remaining = resp.headers.get("ratelimit-remaining", "")
+    if remaining.split(";")[0].strip() == "0":
+        return True
+    if resp.request.method == "HEAD":
+        return False
+    body = read_body(resp, ERROR_BODY_LIMIT, "error body", truncate=True)
+    setattr(resp, _PEEKED, body)
+    return _error_codes(body) & {"TOOMANYREQUESTS"} != set()
+
+
+def _error_codes(body: bytes) -> set[str]:
+    """The upper-cased ``code`` of each error in distribution's JSON error body."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return set()
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return set()
+    return {str(e.get("code", "")).upper() for e in errors if isinstance(e, dict)}
 
 
 def discard(resp: requests.Response) -> None:
@@ -273,13 +316,22 @@ def discard(resp: requests.Response) -> None:
         resp.close()
 
 
-def read_body(resp: requests.Response, limit: int, what: str) -> bytes:
-    """The whole (decoded) body, refusing more than ``limit`` bytes."""
+def read_body(resp: requests.Response, limit: int, what: str, *,
+              truncate: bool = False) -> bytes:
+    """The whole (decoded) body, refusing more than ``limit`` bytes.
+
+    ``truncate``: the first ``limit`` bytes instead of an error (error bodies).
+    """
+    peeked: bytes | None = getattr(resp, _PEEKED, None)
+    if peeked is not None:
+        if len(peeked) > limit and not truncate:
+            raise VerificationError(f"{what} is larger than {limit} bytes")
+        return peeked[:limit]
     try:
         declared = int(resp.headers.get("Content-Length", "-1"))
     except ValueError:
         declared = -1
-    if declared > limit:
+    if declared > limit and not truncate:
         discard(resp)
         raise VerificationError(f"{what} is larger than {limit} bytes ({declared} declared)")
     chunks: list[bytes] = []
@@ -292,6 +344,8 @@ def read_body(resp: requests.Response, limit: int, what: str) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
+                if truncate:
+                    return b"".join(chunks)[:limit]
                 raise VerificationError(f"{what} is larger than {limit} bytes")
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise RegistryError(f"reading {what} from {urlsplit(resp.url).netloc} failed: "
@@ -332,12 +386,19 @@ def error_summary(resp: requests.Response, body: bytes) -> str:
 def http_error(resp: requests.Response, what: str, registry: str) -> OcikitError:
     """The exception for an error answer about ``what`` from ``registry``."""
     try:
-        body = b"" if resp.request.method == "HEAD" else read_body(resp, ERROR_BODY_LIMIT,
-                                                                     "error body")
+        body = b"" if resp.request.method == "HEAD" else read_body(
+            resp, ERROR_BODY_LIMIT, "error body", truncate=True)
     except OcikitError:
         body = b""
     status = resp.status_code
     summary = error_summary(resp, body) or resp.reason or f"HTTP {status}"
+    if status == 401 and _INSUFFICIENT_SCOPE.search(resp.headers.get("WWW-Authenticate", "")):
+        # The token was good but does not cover the repository: Docker Hub's
+        # answer for a private repository and for one that does not exist.
+        return AuthError(f"unauthorized: {what} on {registry}: requested access to the "
+                         f"resource is denied (the repository does not exist, or it is "
+                         f"private and needs credentials that may pull it: ocikit login)",
+                         registry=registry, status=status)
     if status == 401:
         return AuthError(f"unauthorized: {what} on {registry}: {summary} "
                          f"(wrong credentials, or log in first)", registry=registry, status=status)
@@ -345,11 +406,13 @@ def http_error(resp: requests.Response, what: str, registry: str) -> OcikitError
         return AuthError(f"denied: {what} on {registry}: {summary}",
                          registry=registry, status=status)
     if status == 404:
+        if "NAME_UNKNOWN" in _error_codes(body):
+            return RepositoryUnknownError(f"{what}: not found on {registry} ({summary})")
         return NotFoundError(f"{what}: not found on {registry} ({summary})")
     if status == 429:
         after = resp.headers.get("Retry-After")
         hint = f"; retry after {after.strip()}" if after else ""
-        return RegistryError(f"{registry}: rate limit exceeded for {what} (HTTP 429: "
-                             f"{summary}){hint}", registry=registry, status=status)
+        return RegistryError(f"rate limited by {registry}: {what} (HTTP 429: {summary}){hint}",
+                             registry=registry, status=status)
     return RegistryError(f"{registry}: {what} failed: HTTP {status} ({summary})",
                          registry=registry, status=status)
