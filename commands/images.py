@@ -219,12 +219,15 @@ def tag(ctx: click.Context, src: str, dest: str) -> None:
 
     store = get_store(ctx)
     src_ref = _registry_ref(src)
-    desc = find_stored(store, src_ref)
-    if desc is None:
-        raise NotFoundError(f"image {src_ref} is not in the store")
     dest_ref = _registry_ref(dest)
-    extra = {k: v for k, v in desc.annotations.items() if k == INDEX_DIGEST}
-    store.set_name(str(dest_ref), desc, extra)
+    # From the look-up to the new name, a concurrent `rmi SRC` must not let gc
+    # collect the blobs the new name is about to point at.
+    with store.writing():
+        desc = find_stored(store, src_ref)
+        if desc is None:
+            raise NotFoundError(f"image {src_ref} is not in the store")
+        extra = {k: v for k, v in desc.annotations.items() if k == INDEX_DIGEST}
+        store.set_name(str(dest_ref), desc, extra)
 
 
 @click.command()
@@ -246,7 +249,12 @@ def rmi(ctx: click.Context, force: bool, refs: tuple[str, ...]) -> None:
             _refuse_if_used(store, ref, desc)
         store.remove_name(str(ref))
         click.echo(f"Untagged: {ref}")
-    result = collect(store, partials=False)
+    try:
+        result = collect(store, partials=False)
+    except OcikitError as e:
+        # The names are gone as asked; only the space is not given back yet.
+        click.echo(f"ocikit: warning: {e}", err=True)
+        return
     if result.blobs_removed:
         click.echo(f"Deleted {result.blobs_removed} blobs ({human_size(result.bytes_freed)})",
                    err=True)

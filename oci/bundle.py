@@ -8,6 +8,7 @@ the rootfs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -18,7 +19,14 @@ from typing import Any
 from ocikit.errors import NotFoundError, UsageError
 from ocikit.oci.descriptor import ImageConfig, Manifest
 from ocikit.oci.layout import Layout
-from ocikit.oci.unpack import ProgressFn, WarnFn, read_in_root, unpack_image
+from ocikit.oci.unpack import (
+    ProgressFn,
+    WarnFn,
+    clear_dir,
+    read_in_root,
+    remove_tree,
+    unpack_image,
+)
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -183,15 +191,28 @@ def write_bundle(layout: Layout, manifest: Manifest, config: ImageConfig, dest: 
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise UsageError(f"{dest} is not an empty directory")
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     rootfs = dest / "rootfs"
-    unpack_image(layout, manifest, config, rootfs, rootless=rootless, progress=progress,
-                 warn=warn)
-    doc = runtime_spec(config, rootfs, **spec)
-    if rootless:
-        doc["linux"]["namespaces"].append({"type": "user"})
-        doc["linux"]["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]
-        doc["linux"]["gidMappings"] = [{"containerID": 0, "hostID": os.getegid(), "size": 1}]
-    path = dest / "config.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    try:
+        unpack_image(layout, manifest, config, rootfs, rootless=rootless, progress=progress,
+                     warn=warn)
+        doc = runtime_spec(config, rootfs, **spec)
+        if rootless:
+            doc["linux"]["namespaces"].append({"type": "user"})
+            doc["linux"]["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(),
+                                            "size": 1}]
+            doc["linux"]["gidMappings"] = [{"containerID": 0, "hostID": os.getegid(),
+                                            "size": 1}]
+        path = dest / "config.json"
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    except BaseException:
+        # As unpack_image: a bundle is whole or absent (a rootfs without its
+        # config.json, on a full disk say, must not look like one).
+        with contextlib.suppress(OSError):
+            if created:
+                remove_tree(dest)
+            else:
+                clear_dir(dest)
+        raise
     return path

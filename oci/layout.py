@@ -16,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from ocikit.errors import NotFoundError, StoreError, VerificationError
 from ocikit.oci import mediatypes as mt
@@ -41,6 +43,74 @@ def _store_error(e: OSError, what: str) -> StoreError:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreError(f"cannot write {what}: {e.strerror}")
     return StoreError(f"{what}: {e.strerror or e}")
+
+
+def _open_lock(path: Path) -> IO[bytes]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+b")
+    except OSError as e:
+        raise _store_error(e, str(path)) from None
+
+
+class _VerifiedBlob(io.RawIOBase):
+    """A stored blob, hashed as it is read: reaching its end with bytes that do
+    not match its name raises instead of handing back the last chunk.
+
+    Every reader of layers reads to EOF (diff_ids cover the whole stream), so
+    a blob changed on disk is never used silently, as umoci and containerd
+    verify their content stores on read too.
+    """
+
+    def __init__(self, f: io.BufferedReader, layout: Layout, digest: Digest) -> None:
+        super().__init__()
+        self._f = f
+        self._layout = layout
+        self._digest = digest
+        self._hash = digest.hasher()
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            data = self._f.read()
+            self._hash.update(data)
+            self._check()
+            return data
+        data = self._f.read(n)
+        if data:
+            self._hash.update(data)
+        elif n:
+            self._check()
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, b: Any) -> int:
+        n = self._f.readinto(b)
+        if n:
+            self._hash.update(memoryview(b)[:n])
+        elif len(b):
+            self._check()
+        return int(n or 0)
+
+    def _check(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        if self._hash.hexdigest() != self._digest.hex:
+            self._layout._corrupt(self._digest, os.fstat(self._f.fileno()))
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
 
 
 def fsync_dir(path: Path) -> None:
@@ -81,16 +151,19 @@ class Layout:
 
     def init(self) -> None:
         try:
-            (self.blobs_dir / "sha256").mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            if not (self.root / "oci-layout").exists():
-                self._atomic_write(self.root / "oci-layout",
-                                   json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
-            if not (self.root / "index.json").exists():
-                self._write_index_doc({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-                                       "manifests": []})
+            self._create()
         except OSError as e:
             raise _store_error(e, str(self.root)) from None
+
+    def _create(self) -> None:
+        (self.blobs_dir / "sha256").mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.root / "oci-layout").exists():
+            self._atomic_write(self.root / "oci-layout",
+                               json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+        if not (self.root / "index.json").exists():
+            self._write_index_doc({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+                                   "manifests": []})
 
     def check(self) -> None:
         if not self.exists():
@@ -104,25 +177,40 @@ class Layout:
         return self.blob_path(digest).is_file()
 
     def open_blob(self, digest: Digest) -> BinaryIO:
+        """The blob's bytes; reading them to the end verifies them."""
         try:
-            return open(self.blob_path(digest), "rb")
+            f = open(self.blob_path(digest), "rb")
         except FileNotFoundError:
-            raise NotFoundError(f"blob {digest} not found in {self.root}") from None
+            raise self._missing(digest) from None
+        except OSError as e:
+            raise StoreError(f"cannot read blob {digest} in {self.root}: {e.strerror}") from None
+        return cast(BinaryIO, _VerifiedBlob(f, self, digest))
+
+    def _missing(self, digest: Digest) -> NotFoundError:
+        return NotFoundError(f"blob {digest} not found in {self.root}")
+
+    def _corrupt(self, digest: Digest, seen: os.stat_result) -> None:
+        """Called when a blob's bytes do not match its name; raises."""
+        raise VerificationError(f"blob {digest} in {self.root} is corrupt (its bytes do not "
+                                "match its digest)")
 
     def read_blob(self, digest: Digest, *, limit: int | None = None) -> bytes:
         with self.open_blob(digest) as f:
-            data = f.read() if limit is None else f.read(limit + 1)
-        if limit is not None and len(data) > limit:
-            raise VerificationError(f"blob {digest} is larger than {limit} bytes")
-        if Digest.from_bytes(data, digest.algorithm) != digest:
-            raise VerificationError(f"blob {digest} in {self.root} is corrupt (digest mismatch)")
-        return data
+            if limit is None:
+                return f.read()
+            data = b""
+            while len(data) <= limit:
+                chunk = f.read(limit + 1 - len(data))
+                if not chunk:
+                    return data  # read to the end: verified
+                data += chunk
+        raise VerificationError(f"blob {digest} is larger than {limit} bytes")
 
     def blob_size(self, digest: Digest) -> int:
         try:
             return self.blob_path(digest).stat().st_size
         except FileNotFoundError:
-            raise NotFoundError(f"blob {digest} not found in {self.root}") from None
+            raise self._missing(digest) from None
 
     def put_blob(self, data: bytes, media_type: str = "") -> Descriptor:
         digest = sha256_of(data)
@@ -193,8 +281,8 @@ class Layout:
         os.replace(tmp, final)
 
     def _tmp_file(self) -> Any:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
             return tempfile.NamedTemporaryFile(dir=self.tmp_dir, prefix="blob-", delete=False)
         except OSError as e:
             raise _store_error(e, str(self.tmp_dir)) from None
@@ -217,25 +305,40 @@ class Layout:
         return parse_manifest(data, desc.media_type, what=f"manifest {desc.digest}")
 
     # -- index.json --------------------------------------------------------
+    # Said after "index.json is corrupt": ocikit never rewrites an index it
+    # cannot read (every name in it would be lost), so the user decides.
+    _index_hint = ""
+
     def _read_index_doc(self) -> dict[str, Any]:
+        """index.json, checked entry by entry; a damaged one is refused, never repaired."""
+        path = self.root / "index.json"
         try:
-            with open(self.root / "index.json", "rb") as f:
-                doc = json.load(f)
+            raw = path.read_bytes()
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{self.root / 'index.json'} is unreadable: {e}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
-            raise StoreError(f"{self.root / 'index.json'} is not an image index")
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            raise StoreError(f"{path} is corrupt (not JSON: {e}){self._index_hint}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+            raise StoreError(f"{path} is corrupt (not an OCI image index: it needs a "
+                             f"\"manifests\" list){self._index_hint}")
+        for i, m in enumerate(doc["manifests"]):
+            try:
+                Descriptor.from_dict(m, f"entry {i}")
+            except VerificationError as e:
+                raise StoreError(f"{path} is corrupt ({e}){self._index_hint}") from None
+            if not isinstance(m.get("annotations") or {}, dict):
+                raise StoreError(f"{path} is corrupt (entry {i}: annotations is not an "
+                                 f"object){self._index_hint}")
         return doc
 
     def entries(self) -> list[IndexEntry]:
         out = []
-        for m in self._read_index_doc().get("manifests", []):
-            try:
-                d = Descriptor.from_dict(m, "index.json entry")
-            except VerificationError:
-                continue
+        for m in self._read_index_doc()["manifests"]:
+            d = Descriptor.from_dict(m, "index.json entry")
             out.append(IndexEntry(d.annotations.get(REF_NAME, ""), d))
         return out
 
@@ -268,8 +371,11 @@ class Layout:
                            json.dumps(doc, indent=None, separators=(",", ":")).encode())
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=path.name + "-")
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=path.name + "-")
+        except OSError as e:
+            raise _store_error(e, str(path)) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -284,9 +390,8 @@ class Layout:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclusive lock for read-modify-write of index.json."""
-        self.root.mkdir(parents=True, exist_ok=True)
         lock_path = self.root / ("lock" if isinstance(self, Store) else ".lock")
-        with open(lock_path, "a+b") as f:
+        with _open_lock(lock_path) as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -302,7 +407,7 @@ class Layout:
         entry = desc.with_annotations(ann).to_dict()
         with self.locked():
             doc = self._read_index_doc()
-            kept = [m for m in doc.get("manifests", [])
+            kept = [m for m in doc["manifests"]
                     if not (name and (m.get("annotations") or {}).get(REF_NAME) == name)]
             if not name:
                 kept = [m for m in kept if not (m.get("digest") == str(desc.digest)
@@ -318,7 +423,7 @@ class Layout:
             doc = self._read_index_doc()
             found = None
             kept = []
-            for m in doc.get("manifests", []):
+            for m in doc["manifests"]:
                 if (m.get("annotations") or {}).get(REF_NAME) == name and found is None:
                     found = Descriptor.from_dict(m)
                 else:
@@ -353,19 +458,56 @@ class Store(Layout):
     def volumes_dir(self) -> Path:
         return self.root / "volumes"
 
+    _index_hint = ("; ocikit leaves it as it is: repair it or restore a copy, or move it "
+                   "away to start with no image names (the blobs stay until gc)")
+
     def init(self) -> None:
-        super().init()
+        if (self.root.is_symlink() or self.root.exists()) and not self.root.is_dir():
+            raise StoreError(f"cannot use {self.root} as the store: it is not a directory "
+                             "(see OCIKIT_STORE or --store)")
         try:
+            self._create()
             for d in (self.ingest_dir, self.snapshots_dir, self.containers_dir,
                       self.volumes_dir):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _store_error(e, str(self.root)) from None
+            if e.errno == errno.ENOSPC:
+                raise _store_error(e, str(self.root)) from None
+            raise StoreError(f"cannot use {self.root} as the store: "
+                             f"{e.strerror or e}" + (f" ({e.filename})" if e.filename and
+                                                     str(e.filename) != str(self.root)
+                                                     else "")) from None
+
+    def _missing(self, digest: Digest) -> NotFoundError:
+        return NotFoundError(f"blob {digest} is missing from the store {self.root} "
+                             "(pull the image again)")
+
+    def _corrupt(self, digest: Digest, seen: os.stat_result) -> None:
+        # Set the damaged file aside (gc removes it from tmp/): has_blob() is
+        # then false, so the next pull fetches the blob again instead of
+        # trusting it. Only the very file that was read moves; a good copy
+        # that a pull renamed into place meanwhile stays.
+        path = self.blob_path(digest)
+        moved = False
+        with contextlib.suppress(OSError):
+            now = path.stat()
+            if (now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino):
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
+                os.rename(path, self.tmp_dir / f"corrupt-{digest.hex}-{uuid.uuid4().hex[:8]}")
+                moved = True
+        raise VerificationError(
+            f"blob {digest} in the store {self.root} is corrupt (its bytes do not match its "
+            "digest)" + ("; it was set aside: pull the image again" if moved else ""))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        # index.json is written through tmp/, which gc empties: keep gc out.
+        with self.writing(), super().locked():
+            yield
 
     @contextlib.contextmanager
     def _gc_flock(self, mode: int) -> Iterator[None]:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.tmp_dir / "gc.lock", "a+b") as f:
+        with _open_lock(self.tmp_dir / "gc.lock") as f:
             fcntl.flock(f.fileno(), mode)
             try:
                 yield
@@ -390,11 +532,10 @@ class Store(Layout):
         Two pulls sharing a layer must not append to one partial file; the
         second waits, then finds the blob stored.
         """
-        self.ingest_dir.mkdir(parents=True, exist_ok=True)
         partial = self.ingest_path(digest)
         lock_path = partial.with_name(partial.name + ".lock")
         while True:
-            f = open(lock_path, "a+b")
+            f = _open_lock(lock_path)
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 # The holder before us may have removed the lock file: then our

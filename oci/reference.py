@@ -25,6 +25,8 @@ _DOMAIN_RE = re.compile(
 )
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 _MAX_NAME = 255
+# name (255) + ":" + tag (128) + "@" + the longest digest we accept, with room to spare
+_MAX_TEXT = 1024
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
+        if len(text) > _MAX_TEXT:
+            # Echoing it whole would make the "one clear line" megabytes long.
+            raise InvalidReferenceError(f"invalid reference format: {text[:60]!r}... "
+                                        f"({len(text)} characters; too long)")
         if not text or text != text.strip():
             raise InvalidReferenceError(f"invalid reference format: {text!r}")
         name, digest = text, None

@@ -8,7 +8,8 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from ocikit.errors import OcikitError
+from ocikit.errors import OcikitError, StoreError
+from ocikit.oci import mediatypes as mt
 from ocikit.oci.descriptor import Descriptor, Index, Manifest
 from ocikit.oci.digest import Digest
 from ocikit.oci.layout import INDEX_DIGEST, Layout, Store
@@ -22,30 +23,49 @@ class GcResult:
     snapshots_removed: int = 0
 
 
+def _unreadable(name: str, desc: Descriptor, why: str) -> StoreError:
+    who = f"image {name}" if name else "an unnamed index.json entry"
+    return StoreError(f"gc: {who} points at manifest {desc.digest}, which {why}, so what it "
+                      f"uses is unknown; nothing was removed (pull it again or rmi it)")
+
+
 def reachable(layout: Layout) -> set[Digest]:
-    """Every blob some index.json entry reaches (manifests, configs, layers)."""
+    """Every blob some index.json entry reaches (manifests, configs, layers).
+
+    A named manifest that is missing or unreadable raises StoreError: the
+    layers below it cannot be known, and guessing would delete them.
+    """
     keep: set[Digest] = set()
-    todo: list[Descriptor] = [e.descriptor for e in layout.entries()]
-    for e in layout.entries():
+    entries = layout.entries()
+    todo: list[tuple[str, Descriptor, bool]] = [(e.name, e.descriptor, True) for e in entries]
+    for e in entries:
         idx = e.descriptor.annotations.get(INDEX_DIGEST)
         if idx:
             with contextlib.suppress(OcikitError):
                 d = Digest.parse(idx)
                 if layout.has_blob(d):
-                    todo.append(Descriptor("", d, layout.blob_size(d)))
+                    todo.append((e.name, Descriptor("", d, layout.blob_size(d)), False))
     while todo:
-        desc = todo.pop()
+        name, desc, required = todo.pop()
         if desc.digest in keep:
             continue
         keep.add(desc.digest)
+        if desc.media_type and desc.media_type not in mt.MANIFESTS + mt.INDEXES:
+            continue  # an entry for a plain blob: nothing below it
         if not layout.has_blob(desc.digest):
+            if required:
+                raise _unreadable(name, desc, "is missing")
             continue
         try:
             parsed = layout.read_manifest(desc).parsed
-        except OcikitError:
-            continue  # not a manifest: a config or layer blob
+        except OcikitError as e:
+            if required or desc.media_type:
+                raise _unreadable(name, desc, f"cannot be read ({e})") from None
+            continue  # the optional index copy, not a manifest after all
         if isinstance(parsed, Index):
-            todo.extend(d for d in parsed.manifests if layout.has_blob(d.digest))
+            # Platforms that were not pulled are simply absent.
+            todo.extend((name, d, False) for d in parsed.manifests
+                        if layout.has_blob(d.digest))
         elif isinstance(parsed, Manifest):
             keep.add(parsed.config.digest)
             keep.update(d.digest for d in parsed.layers)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ocikit.errors import NotFoundError, OcikitError
+from ocikit.errors import NotFoundError, OcikitError, VerificationError
 from ocikit.oci import mediatypes as mt
 from ocikit.oci.descriptor import Descriptor, Index, Manifest, ManifestBlob, Platform
 from ocikit.oci.digest import Digest
@@ -186,7 +186,16 @@ def _fetch_layers(ref: Reference, store: Store, client: RegistryClient,
                 progress(ProgressEvent(BLOB_PROGRESS, str(ref), str(layer.digest), done[0],
                                        layer.size))
 
-            client.fetch_blob(ref, layer, partial, on_bytes)
+            try:
+                client.fetch_blob(ref, layer, partial, on_bytes)
+            except VerificationError:
+                if not have:
+                    raise
+                # The part kept from an earlier run was damaged (fetch_blob has
+                # dropped it): one fresh download before giving up.
+                done[0] = 0
+                progress(ProgressEvent(BLOB_START, str(ref), str(layer.digest), 0, layer.size))
+                client.fetch_blob(ref, layer, partial, on_bytes)
             store.adopt_verified_file(partial, layer.digest)
         progress(ProgressEvent(BLOB_DONE, str(ref), str(layer.digest), layer.size, layer.size))
 
@@ -220,13 +229,16 @@ def pull_local(loc: LayoutLocation | ArchiveLocation, store: Store, *,
     """Import an image from an OCI layout or a docker-archive into the store."""
     from ocikit.resolve import PULL, open_image
 
-    img = open_image(loc, store, platform=platform, mode=PULL)
+    store.init()
     name = str(local_name(loc))
-    desc = img.manifest.descriptor
-    extra: dict[str, str] = {}
-    if img.index is not None:
-        extra[INDEX_DIGEST] = str(img.index.digest)
-        desc = Descriptor(desc.media_type, desc.digest, desc.size, platform=img.platform)
-    store.set_name(name, desc, extra)
+    # Blobs imported before the name points at them: keep gc away meanwhile.
+    with store.writing():
+        img = open_image(loc, store, platform=platform, mode=PULL)
+        desc = img.manifest.descriptor
+        extra: dict[str, str] = {}
+        if img.index is not None:
+            extra[INDEX_DIGEST] = str(img.index.digest)
+            desc = Descriptor(desc.media_type, desc.digest, desc.size, platform=img.platform)
+        store.set_name(name, desc, extra)
     return PullResult(name=name, digest=img.digest, manifest=desc, platform=desc.platform,
                       downloaded=0)
