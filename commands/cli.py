@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ocikit import __version__
 from ocikit.errors import OcikitError
 
 EXIT_INTERRUPTED = 130
@@ -89,7 +90,7 @@ COMMANDS: dict[str, str] = {
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "store", metavar="DIR", help="store root (default $OCIKIT_STORE)")
 @click.option("--debug", is_flag=True, help="show tracebacks")
-@click.version_option(package_name="ocikit")
+@click.version_option(version=__version__, prog_name="ocikit")
 @click.pass_context
 def cli(ctx: click.Context, store: str | None, debug: bool) -> None:
     """ocikit: pull, push, unpack, diff and run OCI images, without a daemon."""
