@@ -40,6 +40,9 @@ def run_options(f: F) -> F:
         click.option("--name", default="", help="the container's name"),
         click.option("--entrypoint", default=None, help="replace the image's entrypoint"),
         click.option("-e", "--env", multiple=True, metavar="K=V", help="set a variable"),
+        click.option("--env-file", "env_files", multiple=True, metavar="FILE",
+                     type=click.Path(exists=True, dir_okay=False),
+                     help="read variables from a file (K=V or K lines, # comments)"),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
                      help="a named volume or a host folder"),
         click.option("-w", "--workdir", default=None, help="working directory inside"),
@@ -64,11 +67,14 @@ def run_options(f: F) -> F:
 
 def _options(kw: dict[str, Any], command: tuple[str, ...]) -> Any:
     from ocikit.containers import RunOptions
+    from ocikit.oci.runtime.options import read_env_file
 
     if kw["network"] == "host" and kw["publish"]:
         raise UsageError("-p/--publish cannot be used with --network host")
+    # as docker: the files first, then -e on top
+    env = [e for path in kw["env_files"] for e in read_env_file(path)] + list(kw["env"])
     return RunOptions(command=command, name=kw["name"], entrypoint=kw["entrypoint"],
-                      env=tuple(kw["env"]), volumes=tuple(kw["volumes"]),
+                      env=tuple(env), volumes=tuple(kw["volumes"]),
                       workdir=kw["workdir"], user=kw["user"], network=kw["network"],
                       publish=tuple(kw["publish"]), tty=kw["tty"],
                       interactive=kw["interactive"], memory=kw["memory"], cpus=kw["cpus"],
@@ -76,19 +82,44 @@ def _options(kw: dict[str, Any], command: tuple[str, ...]) -> Any:
                       hostname=kw["hostname"], platform=parse_platform(kw["platform"]))
 
 
+class _LazyRenderer:
+    """Progress that draws only once there is progress to show.
+
+    A stored image reports nothing, so ``run`` then writes nothing of its own
+    to the terminal (no cursor codes before the container's output) and never
+    starts the renderer's thread, as ``docker run`` of a present image.
+    """
+
+    def __init__(self) -> None:
+        self._r: Any = None
+
+    def __call__(self, ev: Any) -> None:
+        if self._r is None:
+            from ocikit.commands.render import make_renderer
+
+            self._r = make_renderer("auto")
+        self._r(ev)
+
+    def close(self) -> None:
+        if self._r is not None:
+            from ocikit.commands.render import close_renderer
+
+            close_renderer(self._r)
+            self._r = None
+
+
 def _create(ctx: click.Context, image: str, command: tuple[str, ...], kw: dict[str, Any]) -> Any:
     from ocikit.commands.common import make_client
-    from ocikit.commands.render import close_renderer, make_renderer
     from ocikit.containers import create
 
     opts = _options(kw, command)
-    renderer = make_renderer("auto")
+    renderer = _LazyRenderer()
     try:
         with setup_errors():
             return create(get_store(ctx), image, opts,
                           client_factory=lambda: make_client(renderer), progress=renderer)
     finally:
-        close_renderer(renderer)
+        renderer.close()
 
 
 _CTX = {"ignore_unknown_options": False, "allow_interspersed_args": False}
@@ -131,6 +162,22 @@ def _get(ctx: click.Context, name: str) -> Any:
     return get_container(get_store(ctx).containers_dir, name)
 
 
+def _each(ctx: click.Context, names: tuple[str, ...], action: Callable[[str], None], *,
+          exit_code: int | None = None) -> None:
+    """Apply ``action`` to every name as docker does: echo each success, report each
+    failure on its own line, go on, and exit with the failure's code at the end."""
+    failed: OcikitError | None = None
+    for n in names:
+        try:
+            action(n)
+            click.echo(n)
+        except OcikitError as e:
+            click.echo(f"ocikit: {e}", err=True)
+            failed = e
+    if failed is not None:
+        ctx.exit(exit_code if exit_code is not None else failed.exit_code)
+
+
 @click.command()
 @click.option("-a", "--attach", is_flag=True, help="attach and wait, exit with its code")
 @click.option("-i", "--interactive", is_flag=True, help="attach stdin")
@@ -145,10 +192,15 @@ def start(ctx: click.Context, attach: bool, interactive: bool, names: tuple[str,
             raise UsageError("start -a takes exactly one container")
         c = _get(ctx, names[0])
         ctx.exit(run_foreground(c))
-    for n in names:
+
+    def one(n: str) -> None:
         c = _get(ctx, n)
-        start_detached(c)
-        click.echo(n)
+        # docker: starting a running container changes nothing and succeeds
+        if c.state().status != "running":
+            start_detached(c)
+
+    # without -a a failed start is docker's exit 1, not run's 125/126/127
+    _each(ctx, names, one, exit_code=1)
 
 
 @click.command()
@@ -160,9 +212,7 @@ def stop(ctx: click.Context, timeout: int | None, names: tuple[str, ...]) -> Non
     """Stop running containers: StopSignal (SIGTERM), then SIGKILL after the timeout."""
     from ocikit.oci.runtime.containers import stop as do_stop
 
-    for n in names:
-        do_stop(_get(ctx, n), timeout)
-        click.echo(n)
+    _each(ctx, names, lambda n: do_stop(_get(ctx, n), timeout))
 
 
 @click.command()
@@ -173,9 +223,7 @@ def kill(ctx: click.Context, sig: str, names: tuple[str, ...]) -> None:
     """Send a signal to running containers."""
     from ocikit.oci.runtime.containers import kill as do_kill
 
-    for n in names:
-        do_kill(_get(ctx, n), sig)
-        click.echo(n)
+    _each(ctx, names, lambda n: do_kill(_get(ctx, n), sig))
 
 
 @click.command()
@@ -187,25 +235,67 @@ def rm(ctx: click.Context, force: bool, volumes: bool, names: tuple[str, ...]) -
     """Remove containers (their writable layers; images and volumes stay)."""
     from ocikit.oci.runtime.containers import remove
 
-    failed: OcikitError | None = None
-    for n in names:
-        try:
-            remove(_get(ctx, n), force=force)
-            click.echo(n)
-        except OcikitError as e:
-            click.echo(f"ocikit: {e}", err=True)
-            failed = e
-    if failed is not None:
-        ctx.exit(failed.exit_code)
+    _each(ctx, names, lambda n: remove(_get(ctx, n), force=force))
 
 
-def _status_text(c: Any) -> str:
-    s = c.state()
+def _epoch(rfc3339: str) -> float | None:
+    import calendar
+    import time
+
+    try:
+        return float(calendar.timegm(time.strptime(rfc3339[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+def human_duration(seconds: float) -> str:
+    """docker's (go-units) HumanDuration: "5 seconds", "About a minute", "3 hours"."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = round(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // (24 * 7)} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // (24 * 30)} months"
+    return f"{hours // (24 * 365)} years"
+
+
+def _ago(rfc3339: str, now: float) -> str:
+    t = _epoch(rfc3339)
+    return "" if t is None else f"{human_duration(max(0.0, now - t))} ago"
+
+
+def _status_text(s: Any, now: float) -> str:
+    """docker ps's STATUS: "Up 3 minutes", "Exited (1) 2 seconds ago", "Created"."""
     if s.status == "running":
-        return "Up"
+        t = _epoch(s.started_at)
+        return "Up" if t is None else f"Up {human_duration(max(0.0, now - t))}"
     if s.status == "exited":
-        return f"Exited ({s.exit_code})"
-    return s.status.capitalize()
+        ago = _ago(s.finished_at, now)
+        return f"Exited ({s.exit_code})" + (f" {ago}" if ago else "")
+    return str(s.status).capitalize()
+
+
+def _ports_text(c: Any) -> str:
+    """docker ps's PORTS: 0.0.0.0:8080->80/tcp."""
+    return ", ".join(f"{'[' + p.host_ip + ']' if ':' in p.host_ip else p.host_ip or '0.0.0.0'}"
+                     f":{p.host_port}->{p.container_port}/{p.protocol}" for p in c.spec.ports)
 
 
 @click.command()
@@ -216,28 +306,35 @@ def _status_text(c: Any) -> str:
 @click.pass_context
 def ps(ctx: click.Context, show_all: bool, quiet: bool, as_json: bool, no_trunc: bool) -> None:
     """List containers (running ones unless -a)."""
+    import time
+
     from ocikit.oci.runtime.containers import list_containers
 
     cs = list_containers(get_store(ctx).containers_dir, all=show_all)
-    if as_json:
-        print_json([{"Id": c.id, "Name": c.name, "Image": c.spec.image,
-                     "Command": list(c.spec.process.args), "Created": c.spec.created,
-                     "State": c.state().status, "Status": _status_text(c),
-                     "ExitCode": c.state().exit_code, "Pid": c.state().pid} for c in cs])
-        return
     if quiet:
         for c in cs:
             click.echo(c.id if no_trunc else c.short_id)
         return
+    now = time.time()
+    states = {c.id: c.state() for c in cs}
+    if as_json:
+        print_json([{"Id": c.id, "Name": c.name, "Image": c.spec.image,
+                     "Command": list(c.spec.process.args), "Created": c.spec.created,
+                     "State": states[c.id].status, "Status": _status_text(states[c.id], now),
+                     "ExitCode": states[c.id].exit_code, "Pid": states[c.id].pid,
+                     "Ports": _ports_text(c)} for c in cs])
+        return
 
     def cmd(c: Any) -> str:
         s = " ".join(c.spec.process.args)
-        return s if no_trunc or len(s) <= 24 else s[:23] + "…"
+        return '"' + (s if no_trunc or len(s) <= 20 else s[:19] + "…") + '"'
 
     click.echo(table([[c.id if no_trunc else c.short_id, c.spec.image, cmd(c),
-                       c.spec.created[:19].replace("T", " "), _status_text(c), c.name]
+                       _ago(c.spec.created, now), _status_text(states[c.id], now),
+                       _ports_text(c), c.name]
                       for c in cs],
-                     ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]))
+                     ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
+                      "NAMES"]))
 
 
 @click.command(name="exec", context_settings=_CTX)
@@ -271,15 +368,13 @@ def exec_(ctx: click.Context, interactive: bool, tty: bool, env: tuple[str, ...]
 @click.pass_context
 def logs(ctx: click.Context, follow: bool, name: str) -> None:
     """The output of a detached container."""
-    from ocikit.oci.runtime.containers import follow_logs, read_logs
+    from ocikit.oci.runtime.containers import write_logs
 
     c = _get(ctx, name)
-    if follow:
-        sys.stdout.flush()
-        follow_logs(c, sys.stdout.fileno())
-    else:
-        sys.stdout.buffer.write(read_logs(c))
-        sys.stdout.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # as docker: what the container wrote to stderr comes out on stderr
+    write_logs(c, sys.stdout.fileno(), sys.stderr.fileno(), follow=follow)
 
 
 @click.group()
@@ -370,8 +465,10 @@ def volume_rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
     from ocikit.oci.runtime.volumes import remove_volume
 
     store = get_store(ctx)
-    for n in names:
+
+    def one(n: str) -> None:
         users = [c.name for c in list_containers(store.containers_dir)
                  if any(m.kind == "volume" and m.name == n for m in c.spec.mounts)]
         remove_volume(store.volumes_dir, n, in_use_by=() if force else users)
-        click.echo(n)
+
+    _each(ctx, names, one)

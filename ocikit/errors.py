@@ -70,3 +70,10 @@ class ContainerError(OcikitError):
     """A container could not be set up (docker's exit code 125)."""
 
     exit_code = 125
+
+
+class ConflictError(ContainerError):
+    """Refused in the present state, nothing set up (docker's exit 1): removing a
+    running container or a volume in use, killing a container that is not running."""
+
+    exit_code = 1

@@ -10,7 +10,7 @@ Each container is a folder ``<containers_root>/<64-hex id>/``::
                   namespace only, so it vanishes with the container)
     init/         mount-point placeholders the image lacks (a lower layer)
     etc/          hostname, hosts, resolv.conf, bind-mounted into the root
-    log           output of a detached container
+    log           what every run wrote, stdout and stderr apart (logs.py)
 
 The files ocikit writes for a container live outside ``upper/`` so that
 ``container diff`` and ``commit`` show only what the container changed.
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ocikit.errors import ContainerError, NotFoundError, UsageError
+from ocikit.errors import ConflictError, ContainerError, NotFoundError, UsageError
 from ocikit.oci.runtime import state as st
 from ocikit.oci.runtime.mounts import BASE_TARGETS, prepare_init_layer
 from ocikit.oci.runtime.spec import ContainerSpec, ProcessSpec, parse_signal
@@ -98,6 +98,8 @@ class Container:
                 "Pid": s.pid if s.status == st.RUNNING else 0, "ExitCode": s.exit_code,
                 "OOMKilled": s.oom_killed, "Error": s.error, "StartedAt": s.started_at,
                 "FinishedAt": s.finished_at,
+                # who runs it (podman calls its supervisor ConmonPid)
+                "SupervisorPid": s.supervisor_pid if s.status == st.RUNNING else 0,
             },
             "Config": {
                 "Hostname": self.spec.hostname, "User": p.user, "Env": list(p.env),
@@ -316,8 +318,15 @@ def run_foreground(container: Container, *, stdin: int = 0, stdout: int = 1, std
     it cannot start. ``remove`` (default: the spec's ``auto_remove``) deletes
     the container afterwards, as ``run --rm``.
     """
+    from ocikit.oci.runtime.logs import LogWriter, Source, relay
     from ocikit.oci.runtime.process import Stdio
-    from ocikit.oci.runtime.supervisor import Runner, forward_signals, open_pty, pty_session
+    from ocikit.oci.runtime.supervisor import (
+        Runner,
+        forward_signals,
+        open_pty,
+        pty_session,
+        start_piped,
+    )
 
     spec = container.spec
     remove = spec.auto_remove if remove is None else remove
@@ -325,10 +334,15 @@ def run_foreground(container: Container, *, stdin: int = 0, stdout: int = 1, std
     runner.acquire()
     null = -1
     master = -1
+    log: LogWriter | None = None
+    pipes: list[Source] = []
     try:
+        # as docker's daemon, keep what the container writes for ``logs`` (not
+        # worth the write when --rm deletes it right after)
+        log = None if remove else LogWriter(str(container.log_path))
         try:
             if spec.process.terminal:
-                master, slave, console = open_pty()
+                master, slave, console = open_pty(size_from=(stdin, stdout))
                 try:
                     pid = runner.start(Stdio(slave, slave, slave, tty=True), console)
                 finally:
@@ -336,19 +350,23 @@ def run_foreground(container: Container, *, stdin: int = 0, stdout: int = 1, std
             else:
                 if not spec.process.interactive:
                     null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-                pid = runner.start(Stdio(stdin if null < 0 else null, stdout, stderr))
+                pid = start_piped(runner, stdin if null < 0 else null, pipes, stdout, stderr)
         finally:
             if null >= 0:
                 os.close(null)
         with forward_signals(pid):
             if master >= 0:
                 pty_session(master, pid, stdin=stdin if spec.process.interactive else None,
-                            stdout=stdout)
+                            stdout=stdout, log=log)
+            else:
+                relay(pipes, log)
             code = runner.wait()
         runner.finish(code)
     finally:
         if master >= 0:
             os.close(master)
+        if log is not None:
+            log.close()
         runner.release()
         if remove:
             remove_dir(container.dir)
@@ -361,7 +379,13 @@ def start_detached(container: Container) -> int:
 
     if container.state().status == st.RUNNING:
         raise ContainerError(f"container {container.name} is already running")
-    return _start(str(container.dir), container.spec, container.lower_dirs())
+    try:
+        return _start(str(container.dir), container.spec, container.lower_dirs())
+    except ContainerError:
+        # as docker: --rm removes a container that could not start, too
+        if container.spec.auto_remove and not st.is_locked(str(container.dir)):
+            remove_dir(container.dir)
+        raise
 
 
 def _wait_pid_gone(pid: int, start: int, timeout: float) -> bool:
@@ -391,8 +415,11 @@ def kill(container: Container, sig: int | str = signal.SIGKILL) -> None:
     """Send ``sig`` to the container's PID 1 (``ocikit kill``)."""
     s = container.state()
     if s.status != st.RUNNING:
-        raise ContainerError(f"container {container.name} is not running")
-    signum = parse_signal(sig)
+        raise ConflictError(f"cannot kill container {container.name}: it is not running")
+    try:
+        signum = parse_signal(sig)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if st.process_alive(s.pid, s.pid_start):
         with contextlib.suppress(ProcessLookupError):
             os.kill(s.pid, signum)
@@ -422,8 +449,8 @@ def remove(container: Container, *, force: bool = False) -> None:
     s = container.state()
     if s.status == st.RUNNING:
         if not force:
-            raise ContainerError(f"cannot remove container {container.name}: container is "
-                                 "running: stop the container before removing or force remove")
+            raise ConflictError(f"cannot remove container {container.name}: container is "
+                                "running: stop the container before removing or force remove")
         with contextlib.suppress(ProcessLookupError):
             if st.process_alive(s.pid, s.pid_start):
                 os.kill(s.pid, signal.SIGKILL)
@@ -460,7 +487,7 @@ def exec_in(container: Container, process: ProcessSpec, *, stdin: int = 0, stdou
     master = -1
     try:
         if proc.terminal:
-            master, slave, _console = open_pty()
+            master, slave, _console = open_pty(size_from=(stdin, stdout))
             stdio = Stdio(slave, slave, slave, tty=True)
         else:
             if not proc.interactive:
@@ -494,30 +521,25 @@ def exec_in(container: Container, process: ProcessSpec, *, stdin: int = 0, stdou
 
 
 def read_logs(container: Container) -> bytes:
-    try:
-        return container.log_path.read_bytes()
-    except FileNotFoundError:
-        return b""
+    """Everything the container wrote, stdout and stderr together, in order."""
+    from ocikit.oci.runtime.logs import payloads, read_records
+
+    return payloads(read_records(container.log_path))
 
 
-def follow_logs(container: Container, out: int = 1, poll: float = 0.1) -> None:
-    """Copy the log to ``out`` and keep following it until the container stops (``logs -f``)."""
-    try:
-        f = open(container.log_path, "rb")
-    except FileNotFoundError:
-        return
-    with f:
-        while True:
-            data = f.read(1 << 16)
-            if data:
-                os.write(out, data)
-                continue
-            if container.state().status != st.RUNNING:
-                rest = f.read()
-                if rest:
-                    os.write(out, rest)
-                return
-            time.sleep(poll)
+def write_logs(container: Container, out: int = 1, err: int = 2, *,
+               follow: bool = False) -> None:
+    """``logs [-f]``: stdout records to ``out``, stderr ones to ``err``; with
+    ``follow``, keep going until the container stops."""
+    from ocikit.oci.runtime import logs
+
+    logs.follow(container.log_path, out=out, err=err,
+                running=lambda: follow and container.state().status == st.RUNNING)
+
+
+def follow_logs(container: Container, out: int = 1) -> None:
+    """Copy the log to ``out`` and keep following it until the container stops."""
+    write_logs(container, out, out, follow=True)
 
 
 def inspect_json(container: Container) -> str:

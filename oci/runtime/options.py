@@ -41,6 +41,26 @@ def merge_env(base: Sequence[str], overrides: Sequence[str],
     return tuple(f"{k}={v}" for k, v in out.items())
 
 
+def read_env_file(path: str) -> tuple[str, ...]:
+    """docker's ``--env-file``: ``K=V`` lines taken as they are (no quoting), ``K``
+    alone for the host's value, blank lines and ``#`` comments skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read env file {path}: {e}") from None
+    out = []
+    for n, raw in enumerate(lines, 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        key = line.partition("=")[0]
+        if not key or any(ch.isspace() for ch in key):
+            raise UsageError(f"{path}:{n}: invalid variable name {key!r}")
+        out.append(line)
+    return tuple(out)
+
+
 def process_from_image(config: ImageConfig | None, *, command: Sequence[str] = (),
                        entrypoint: str | None = None, env: Sequence[str] = (),
                        workdir: str | None = None, user: str | None = None,

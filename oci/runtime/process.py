@@ -15,8 +15,10 @@ stdout of the parent runs twice.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
+import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -149,15 +151,13 @@ def _setup_stdio(stdio: Stdio) -> None:
         else:
             os.set_inheritable(target, True)
     if stdio.tty:
-        import fcntl
-        import termios
-
+        # termios is imported at the top: an exec runs this after joining the
+        # container's mount namespace, where the host's Python modules are gone
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _loopback_up() -> None:
     import _socket
-    import fcntl
     import struct
 
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1

@@ -82,13 +82,20 @@ def write_state(container_dir: str, state: State) -> None:
 
 
 def process_start_time(pid: int) -> int:
-    """Field 22 of /proc/PID/stat (0 if gone): tells a PID from a reused one."""
+    """Field 22 of /proc/PID/stat (0 if gone): tells a PID from a reused one.
+
+    A zombie counts as gone: a container whose supervisor was killed is
+    reparented to an init that may never reap it, and its /proc entry (with
+    the same start time) then outlives the process.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return 0
     rest = data[data.rfind(b")") + 2:].split()
+    if not rest or rest[0] in (b"Z", b"X"):
+        return 0
     return int(rest[19]) if len(rest) > 19 else 0
 
 

@@ -3,8 +3,10 @@
 A ``Runner`` does what both need: hold the container's run lock, make its
 cgroups and port listeners, start it, record ``running`` with the PID, wait,
 and record the exit code. ``run -d`` forks a supervisor (setsid, a second
-fork, every inherited descriptor closed) that is a Runner writing the
-container's output to its ``log`` file and outliving the ocikit command.
+fork, every inherited descriptor closed) that is a Runner outliving the
+ocikit command. Both read the container's stdout and stderr from pipes and
+append them to its ``log`` (``logs.relay``), as docker's daemon does; the
+foreground one also copies them to the caller.
 
 This module is on the start path: it imports nothing heavy (no registry
 client, no tarfile); ports and the pty helpers load only when used.
@@ -25,6 +27,7 @@ from ocikit.oci.runtime.process import StartError, Stdio, exit_status, spawn_con
 from ocikit.oci.runtime.spec import ContainerSpec
 
 if TYPE_CHECKING:
+    from ocikit.oci.runtime.logs import LogWriter, Source
     from ocikit.oci.runtime.ports import Forwarder
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -123,8 +126,13 @@ def forward_signals(pid: int, extra: dict[int, object] | None = None) -> Iterato
 
 
 # -- terminals --------------------------------------------------------------
-def open_pty() -> tuple[int, int, str]:
+def open_pty(size_from: Sequence[int] = ()) -> tuple[int, int, str]:
+    """A new pty (master, slave, slave's name), sized like the first terminal of
+    ``size_from`` before the container starts, so its first ``stty size`` is right."""
     master, slave = os.openpty()
+    term = next((fd for fd in size_from if fd >= 0 and os.isatty(fd)), None)
+    if term is not None:
+        copy_winsize(term, master)
     return master, slave, os.ttyname(slave)
 
 
@@ -137,12 +145,14 @@ def copy_winsize(src: int, dst: int) -> None:
         fcntl.ioctl(dst, termios.TIOCSWINSZ, ws)
 
 
-def pty_session(master: int, pid: int, *, stdin: int | None, stdout: int) -> None:
+def pty_session(master: int, pid: int, *, stdin: int | None, stdout: int,
+                log: LogWriter | None = None) -> None:
     """Copy between the caller's terminal and the container's pty until it closes.
 
     The caller's tty (if ``stdin`` is one) goes to raw mode so keys like
     Ctrl-C reach the container's line discipline; the window size follows
-    SIGWINCH.
+    SIGWINCH. Output also goes to ``log`` (as stdout: a pty has one stream);
+    a negative ``stdout`` sends it to the log only.
     """
     import select
     import termios
@@ -154,11 +164,14 @@ def pty_session(master: int, pid: int, *, stdin: int | None, stdout: int) -> Non
         saved = termios.tcgetattr(stdin)
         # TCSANOW: input typed ahead of the container start must not be flushed
         tty.setraw(stdin, termios.TCSANOW)
-        copy_winsize(stdin, master)
+    # as docker, the window size follows the caller's terminal with -t alone too
+    term = next((fd for fd in (stdin, stdout) if fd is not None and os.isatty(fd)), None)
     old_winch = None
-    if stdin is not None and threading.current_thread() is threading.main_thread():
-        src = stdin
-        old_winch = signal.signal(signal.SIGWINCH, lambda *_: copy_winsize(src, master))
+    if term is not None:
+        copy_winsize(term, master)
+        if threading.current_thread() is threading.main_thread():
+            src = term
+            old_winch = signal.signal(signal.SIGWINCH, lambda *_: copy_winsize(src, master))
     try:
         inputs = [master] + ([stdin] if stdin is not None else [])
         while True:
@@ -173,7 +186,12 @@ def pty_session(master: int, pid: int, *, stdin: int | None, stdout: int) -> Non
                     data = b""
                 if not data:
                     return
-                _write_all(stdout, data)
+                if log is not None:
+                    from ocikit.oci.runtime.logs import STDOUT
+
+                    log.write(STDOUT, data)
+                if stdout >= 0:
+                    _write_all(stdout, data)
             if stdin is not None and stdin in ready:
                 data = os.read(stdin, 1 << 16)
                 if data:
@@ -199,6 +217,27 @@ def _write_all(fd: int, data: bytes) -> None:
         except OSError:
             return
         view = view[n:]
+
+
+def start_piped(runner: Runner, stdin: int, sources: list[Source],
+                out: int = -1, err: int = -1) -> int:
+    """Start with stdout and stderr on pipes (added to ``sources``, for ``relay``),
+    as docker's daemon reads a container's output; returns the PID."""
+    from ocikit.oci.runtime.logs import STDERR, STDOUT, Source
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        pid = runner.start(Stdio(stdin, out_w, err_w))
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    sources += [Source(out_r, STDOUT, out), Source(err_r, STDERR, err)]
+    return pid
 
 
 # -- detached ---------------------------------------------------------------
@@ -268,19 +307,22 @@ def _supervise(container_dir: str, spec: ContainerSpec, lower_dirs: Sequence[str
         for s in (signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                   signal.SIGALRM, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
+        from ocikit.oci.runtime.logs import LogWriter, relay
+
         runner = Runner(container_dir, spec, lower_dirs)
+        master = -1
+        pipes: list[Source] = []
         try:
             runner.acquire()
-            log = os.open(os.path.join(container_dir, "log"),
-                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-            master = -1
+            log = LogWriter(os.path.join(container_dir, "log"))
             if spec.process.terminal:
                 master, slave, console = open_pty()
-                stdio = Stdio(slave, slave, slave, tty=True)
-                pid = runner.start(stdio, console)
-                os.close(slave)
+                try:
+                    pid = runner.start(Stdio(slave, slave, slave, tty=True), console)
+                finally:
+                    os.close(slave)
             else:
-                pid = runner.start(Stdio(0, log, log))
+                pid = start_piped(runner, 0, pipes)
         except ContainerError as e:
             os.write(ready, f"err {getattr(e, 'exit_code', 125)} {e}\n".encode())
             code = 1
@@ -288,7 +330,9 @@ def _supervise(container_dir: str, spec: ContainerSpec, lower_dirs: Sequence[str
         os.write(ready, f"pid {pid}\n".encode())
         os.close(ready)
         if master >= 0:
-            pty_session(master, pid, stdin=None, stdout=log)
+            pty_session(master, pid, stdin=None, stdout=-1, log=log)
+        else:
+            relay(pipes, log)
         rc = runner.wait()
         runner.finish(rc)
         runner.release()

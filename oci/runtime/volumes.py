@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocikit.errors import ContainerError, NotFoundError, UsageError
+from ocikit.errors import ConflictError, NotFoundError, UsageError
 from ocikit.oci.runtime.spec import Mount
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -44,7 +44,7 @@ def remove_volume(volumes_root: str | os.PathLike[str], name: str,
     """Delete the volume; refuses while containers (``in_use_by``) still name it."""
     _check_name(name)
     if in_use_by:
-        raise ContainerError(f"volume {name} is in use by container(s) {', '.join(in_use_by)}")
+        raise ConflictError(f"volume {name} is in use by container(s) {', '.join(in_use_by)}")
     path = Path(volumes_root) / name
     if not path.is_dir():
         raise NotFoundError(f"no such volume: {name}")
@@ -52,7 +52,8 @@ def remove_volume(volumes_root: str | os.PathLike[str], name: str,
 
 
 def parse_volume_arg(text: str, volumes_root: str | os.PathLike[str]) -> Mount:
-    """``-v SRC:DST[:ro|rw]``: an absolute SRC is a bind mount, else a named volume."""
+    """``-v SRC:DST[:ro|rw]``: a SRC path (``/…``, ``./…``, ``../…``) is a bind mount,
+    a bare name a named volume."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise UsageError(f"invalid volume specification {text!r} (want SRC:DST[:ro])")
@@ -64,9 +65,8 @@ def parse_volume_arg(text: str, volumes_root: str | os.PathLike[str]) -> Mount:
     if not dst.startswith("/"):
         raise UsageError(f"invalid volume destination {dst!r}: not an absolute path")
     readonly = "ro" in opts
-    if src.startswith("/"):
-        return Mount(source=os.path.normpath(src), destination=dst, readonly=readonly)
-    if src.startswith("."):
-        raise UsageError(f"invalid volume source {src!r}: use an absolute path for bind mounts")
+    if src in (".", "..") or src.startswith(("/", "./", "../")):
+        # as docker (CLI 23+): a path, relative ones against the current folder
+        return Mount(source=os.path.abspath(src), destination=dst, readonly=readonly)
     data = create_volume(volumes_root, src)
     return Mount(source=str(data), destination=dst, readonly=readonly, kind="volume", name=src)
