@@ -8,7 +8,6 @@ the rootfs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -22,10 +21,9 @@ from ocikit.oci.layout import Layout
 from ocikit.oci.unpack import (
     ProgressFn,
     WarnFn,
-    clear_dir,
     read_in_root,
-    remove_tree,
     unpack_image,
+    whole_or_absent,
 )
 
 OCI_VERSION = "1.0.2"
@@ -188,13 +186,10 @@ def write_bundle(layout: Layout, manifest: Manifest, config: ImageConfig, dest: 
 
     ``dest`` must be empty or absent; ``spec`` goes to ``runtime_spec``.
     """
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise UsageError(f"{dest} is not an empty directory")
-    created = not dest.exists()
-    dest.mkdir(parents=True, exist_ok=True)
-    rootfs = dest / "rootfs"
-    try:
+    # A bundle is whole or absent: a rootfs without its config.json (on a
+    # full disk, say) must not look like one.
+    with whole_or_absent(Path(dest)) as dest:
+        rootfs = dest / "rootfs"
         unpack_image(layout, manifest, config, rootfs, rootless=rootless, progress=progress,
                      warn=warn)
         doc = runtime_spec(config, rootfs, **spec)
@@ -206,13 +201,4 @@ def write_bundle(layout: Layout, manifest: Manifest, config: ImageConfig, dest: 
                                             "size": 1}]
         path = dest / "config.json"
         path.write_text(json.dumps(doc, indent=2) + "\n")
-    except BaseException:
-        # As unpack_image: a bundle is whole or absent (a rootfs without its
-        # config.json, on a full disk say, must not look like one).
-        with contextlib.suppress(OSError):
-            if created:
-                remove_tree(dest)
-            else:
-                clear_dir(dest)
-        raise
     return path

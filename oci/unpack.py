@@ -30,7 +30,7 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -746,15 +746,9 @@ def check_layers(manifest: Manifest, config: ImageConfig) -> None:
             f"{len(config.diff_ids)} diff_ids")
 
 
-def unpack_image(layout: Layout, manifest: Manifest, config: ImageConfig, dest: Path, *,
-                 rootless: bool | None = None, progress: ProgressFn | None = None,
-                 warn: WarnFn | None = None) -> None:
-    """Write the image's flattened root filesystem at ``dest`` (empty or absent).
-
-    On any failure ``dest`` is left as it was found (absent, or empty).
-    """
-    check_layers(manifest, config)
-    dest = Path(dest)
+@contextlib.contextmanager
+def whole_or_absent(dest: Path) -> Iterator[Path]:
+    """``dest`` must be empty or absent; on any failure it is left that way again."""
     created = False
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise UsageError(f"{dest} exists and is not a directory")
@@ -766,6 +760,25 @@ def unpack_image(layout: Layout, manifest: Manifest, config: ImageConfig, dest: 
         os.chmod(dest, 0o755)
         created = True
     try:
+        yield dest
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if created:
+                remove_tree(dest)
+            else:
+                clear_dir(dest)
+        raise
+
+
+def unpack_image(layout: Layout, manifest: Manifest, config: ImageConfig, dest: Path, *,
+                 rootless: bool | None = None, progress: ProgressFn | None = None,
+                 warn: WarnFn | None = None) -> None:
+    """Write the image's flattened root filesystem at ``dest`` (empty or absent).
+
+    On any failure ``dest`` is left as it was found (absent, or empty).
+    """
+    check_layers(manifest, config)
+    with whole_or_absent(Path(dest)) as dest:
         n = len(manifest.layers)
         for i, (desc, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
             report = None
@@ -779,13 +792,6 @@ def unpack_image(layout: Layout, manifest: Manifest, config: ImageConfig, dest: 
             with layout.open_blob(desc.digest) as blob:
                 apply_layer_blob(blob, desc.media_type, str(desc.digest), diff_id, dest,
                                  rootless=rootless, warn=warn, progress=report)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            if created:
-                remove_tree(dest)
-            else:
-                clear_dir(dest)
-        raise
 
 
 def read_in_root(root: Path, name: str, *, limit: int = 4 << 20) -> bytes | None:

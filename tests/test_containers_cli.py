@@ -107,7 +107,7 @@ def test_create_start_ps_rm_and_isolation(busybox_ref: str) -> None:
 
 def test_detached_logs_exec_stop(busybox_ref: str) -> None:
     r = ocikit("run", "-d", "--name", "bg", busybox_ref, "sh", "-c",
-               "echo started; trap 'exit 0' TERM; while true; do sleep 0.1; done")
+               "trap 'exit 0' TERM; echo started; while true; do sleep 0.1; done")
     assert r.code == 0, r
     cid = r.out.strip()
     assert len(cid) == 64

@@ -174,7 +174,9 @@ def test_detached_rm_and_logs_follow(img: str) -> None:
 
 def test_stop_kill_rm_and_inspect_errors(img: str) -> None:
     assert ocikit("run", "-d", "--name", "t", img, "sh", "-c",
-                  "trap 'echo got-term; exit 7' TERM; while :; do sleep 0.1; done").code == 0
+                  "trap 'echo got-term; exit 7' TERM; echo ready; "
+                  "while :; do sleep 0.1; done").code == 0
+    assert wait_for(lambda: ocikit("logs", "t").out == "ready\n")  # the trap is set
     r = ocikit("rm", "t")
     assert_one_line_error(r, 1, "t", "running")
     assert len(r.err.strip().splitlines()) == 1
@@ -183,7 +185,7 @@ def test_stop_kill_rm_and_inspect_errors(img: str) -> None:
     assert (r.code, r.out) == (0, "t\n"), r
     assert wait_for(lambda: inspect("t")["State"]["Status"] == "exited")
     assert inspect("t")["State"]["ExitCode"] == 7
-    assert ocikit("logs", "t").out == "got-term\n"
+    assert ocikit("logs", "t").out == "ready\ngot-term\n"
     r = ocikit("stop", "t")  # docker: stopping a stopped container is fine
     assert (r.code, r.out) == (0, "t\n"), r
     assert_one_line_error(ocikit("kill", "t"), 1, "not running")

@@ -251,14 +251,18 @@ def test_detached_logs_stop_and_rm(croot, busybox):
 
 
 def test_stop_honours_stop_signal_and_handler(croot, busybox):
-    c = new(croot, busybox, "sh", "-c", "trap 'echo bye; exit 7' USR1; "
+    c = new(croot, busybox, "sh", "-c", "trap 'echo bye; exit 7' USR1; echo ready; "
             "while true; do sleep 0.1; done", stop_signal="SIGUSR1")
     rt.start_detached(c)
+    # Signal only once the trap is set: before it, PID 1 ignores USR1.
+    deadline = time.monotonic() + 10
+    while rt.read_logs(c) != b"ready\n" and time.monotonic() < deadline:
+        time.sleep(0.05)
     t0 = time.monotonic()
     rt.stop(c, timeout=10)
     assert time.monotonic() - t0 < 3
     assert c.state().exit_code == 7
-    assert rt.read_logs(c) == b"bye\n"
+    assert rt.read_logs(c) == b"ready\nbye\n"
 
 
 def test_detached_does_not_hold_callers_pipes(croot, busybox, tmp_path):

@@ -31,7 +31,7 @@ class LogWriter:
 
     def write(self, stream: int, data: bytes) -> None:
         if data:
-            _write_all(self.fd, _HEADER.pack(stream, len(data)) + data)
+            write_all(self.fd, _HEADER.pack(stream, len(data)) + data)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -96,7 +96,7 @@ def relay(sources: Sequence[Source], log: LogWriter | None) -> None:
                     continue
                 if log is not None:
                     log.write(src.stream, data)
-                if src.out >= 0 and not _write_all(src.out, data):
+                if src.out >= 0 and not write_all(src.out, data):
                     del live[fd]
                     os.close(fd)
     finally:
@@ -123,7 +123,7 @@ def follow(path: str | os.PathLike[str], *, out: int, err: int,
                 records, used = parse(buf)
                 del buf[:used]
                 for stream, payload in records:
-                    if not _write_all(err if stream == STDERR else out, payload):
+                    if not write_all(err if stream == STDERR else out, payload):
                         return
                 continue
             if not running():
@@ -140,7 +140,7 @@ def payloads(records: Iterator[tuple[int, bytes]] | Sequence[tuple[int, bytes]])
     return b"".join(p for _, p in records)
 
 
-def _write_all(fd: int, data: bytes) -> bool:
+def write_all(fd: int, data: bytes) -> bool:
     """Write everything; False when the reader has gone (EPIPE, a closed descriptor)."""
     view = memoryview(data)
     while view:

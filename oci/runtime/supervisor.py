@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ocikit.errors import ContainerError
 from ocikit.oci.runtime import cgroups
 from ocikit.oci.runtime import state as st
+from ocikit.oci.runtime.logs import write_all
 from ocikit.oci.runtime.process import StartError, Stdio, exit_status, spawn_container
 from ocikit.oci.runtime.spec import ContainerSpec
 
@@ -191,32 +192,20 @@ def pty_session(master: int, pid: int, *, stdin: int | None, stdout: int,
 
                     log.write(STDOUT, data)
                 if stdout >= 0:
-                    _write_all(stdout, data)
+                    write_all(stdout, data)
             if stdin is not None and stdin in ready:
                 data = os.read(stdin, 1 << 16)
                 if data:
-                    _write_all(master, data)
+                    write_all(master, data)
                 else:
                     # end of input: the terminal's EOF character
-                    _write_all(master, b"\x04")
+                    write_all(master, b"\x04")
                     inputs.remove(stdin)
     finally:
         if saved is not None and stdin is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         if old_winch is not None:
             signal.signal(signal.SIGWINCH, old_winch)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except InterruptedError:
-            continue
-        except OSError:
-            return
-        view = view[n:]
 
 
 def start_piped(runner: Runner, stdin: int, sources: list[Source],
