@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 
 from ocikit.errors import OcikitError, StoreError
@@ -13,6 +14,12 @@ from ocikit.oci import mediatypes as mt
 from ocikit.oci.descriptor import Descriptor, Index, Manifest
 from ocikit.oci.digest import Digest
 from ocikit.oci.layout import INDEX_DIGEST, Layout, Store
+
+
+# A command reading an archive or a remote layer keeps files in tmp/ without
+# holding the store's write lock (it may run long); what a killed command
+# left there is old. So gc leaves recent entries alone.
+TMP_GRACE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -138,8 +145,14 @@ def collect(store: Store, *, partials: bool = True, snapshots: bool = True) -> G
             snap_count, snap_bytes = _collect_snapshots(store)
             freed += snap_bytes
         if store.tmp_dir.is_dir():
+            now = time.time()
             for p in store.tmp_dir.iterdir():
                 if p.name == "gc.lock":
+                    continue
+                try:
+                    if now - p.lstat().st_mtime < TMP_GRACE:
+                        continue
+                except FileNotFoundError:
                     continue
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)

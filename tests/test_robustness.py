@@ -464,3 +464,15 @@ def test_tag_racing_rmi_never_names_missing_blobs(seeded_registry: SeedSet, pull
         for name in (pulled, copy):
             ocikit("rmi", name)
         assert ocikit("pull", "-q", pulled).code == 0
+
+
+def test_gc_leaves_recent_tmp_files_of_running_commands() -> None:
+    store = store_root()
+    assert ocikit("gc").code == 0
+    fresh = store / "tmp" / "archive-in-use"
+    fresh.mkdir()
+    old = store / "tmp" / "layer-left-by-a-killed-command"
+    old.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert ocikit("gc").code == 0
+    assert fresh.is_dir() and not old.exists()
