@@ -15,7 +15,6 @@ from ocikit.oci.descriptor import Descriptor, Index, Manifest
 from ocikit.oci.digest import Digest
 from ocikit.oci.layout import INDEX_DIGEST, Layout, Store
 
-
 # A command reading an archive or a remote layer keeps files in tmp/ without
 # holding the store's write lock (it may run long); what a killed command
 # left there is old. So gc leaves recent entries alone.
