@@ -15,6 +15,7 @@ builds on ``RegistryClient.registry_endpoint``, ``Endpoint.send`` and
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import re
@@ -625,12 +626,12 @@ class RegistryClient:
                     try:
                         f.write(chunk)
                     except OSError as e:
-                        raise StoreError(f"cannot write {partial}: {e.strerror or e}") from None
+                        raise _write_error(partial, e) from None
                     hasher.update(chunk)
                     count += len(chunk)
                     report(count)
         except OSError as e:
-            raise StoreError(f"cannot write {partial}: {e.strerror or e}") from None
+            raise _write_error(partial, e) from None
         finally:
             resp.close()
         return hasher
@@ -706,6 +707,14 @@ class RegistryClient:
 
 
 # -- file helpers ---------------------------------------------------------------------
+
+def _write_error(partial: Path, e: OSError) -> StoreError:
+    msg = f"cannot write {partial}: {e.strerror or e}"
+    if e.errno == errno.ENOSPC:
+        # The part already written stays for the next pull to resume.
+        msg += " (the partial download is kept to resume; `ocikit gc` removes it)"
+    return StoreError(msg)
+
 
 def _file_size(path: Path) -> int:
     try:

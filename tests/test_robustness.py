@@ -110,7 +110,7 @@ def test_full_store_pull_fails_cleanly_then_resumes(seeded_registry: SeedSet, tm
     store = tmpfs("store", "512k")  # the layer alone is ~1 MB
     monkeypatch.setenv("OCIKIT_STORE", str(store))
     r = ocikit("pull", img.ref)
-    assert_one_line_error(r, 1, "No space left", str(store))
+    assert_one_line_error(r, 1, "No space left", str(store), "ocikit gc")
     assert r.err.splitlines()[-1].count("ocikit:") == 1
     assert_store_consistent(store)
     assert json.loads((store / "index.json").read_bytes())["manifests"] == []
