@@ -312,3 +312,16 @@ def test_commit_of_a_running_container(img: str) -> None:
         ocikit("rm", "-f", "live")
     r = ocikit("run", "--rm", "local/live:1", "cat", "/made")
     assert (r.code, r.out) == (0, "made\n"), r
+
+
+def test_merged_stdout_and_stderr_keep_their_order(img: str) -> None:
+    # `ocikit run … 2>&1` (or a terminal): the lines arrive as the container wrote them.
+    import subprocess
+    import sys
+
+    script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done"
+    r = subprocess.run([sys.executable, "-m", "ocikit", "run", "--rm", img, "sh", "-c", script],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout
+    want = "".join(f"out{i}\nerr{i}\n" for i in range(1, 6))
+    assert r.stdout.endswith(want), r.stdout

@@ -214,6 +214,19 @@ def start_piped(runner: Runner, stdin: int, sources: list[Source],
     as docker's daemon reads a container's output; returns the PID."""
     from ocikit.oci.runtime.logs import STDERR, STDOUT, Source
 
+    if out >= 0 and err >= 0 and _same_file(out, err):
+        # The caller merged the two (a terminal, or 2>&1): one pipe keeps the
+        # order the container wrote in, which two relayed pipes would not.
+        r, w = os.pipe()
+        try:
+            pid = runner.start(Stdio(stdin, w, w))
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+        sources.append(Source(r, STDOUT, out))
+        return pid
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -227,6 +240,13 @@ def start_piped(runner: Runner, stdin: int, sources: list[Source],
         os.close(err_w)
     sources += [Source(out_r, STDOUT, out), Source(err_r, STDERR, err)]
     return pid
+
+
+def _same_file(a: int, b: int) -> bool:
+    try:
+        return os.path.sameopenfile(a, b)
+    except OSError:
+        return False
 
 
 # -- detached ---------------------------------------------------------------
