@@ -113,14 +113,6 @@ class _VerifiedBlob(io.RawIOBase):
         super().close()
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class IndexEntry:
     """One ``index.json`` entry: a name (may be empty) and what it points at."""

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,9 +209,3 @@ def _sha256_file(path: str) -> Digest:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return Digest("sha256", h.hexdigest())
-
-
-def containers_using(store: Store, image_ids: Sequence[str]) -> list[Container]:
-    from ocikit.oci.runtime.containers import list_containers
-
-    return [c for c in list_containers(store.containers_dir) if c.spec.image_id in image_ids]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import signal
@@ -535,12 +534,3 @@ def write_logs(container: Container, out: int = 1, err: int = 2, *,
 
     logs.follow(container.log_path, out=out, err=err,
                 running=lambda: follow and container.state().status == st.RUNNING)
-
-
-def follow_logs(container: Container, out: int = 1) -> None:
-    """Copy the log to ``out`` and keep following it until the container stops."""
-    write_logs(container, out, out, follow=True)
-
-
-def inspect_json(container: Container) -> str:
-    return json.dumps(container.inspect(), indent=2)

@@ -365,7 +365,3 @@ def mask_paths() -> None:
         if not os.path.exists(path):
             continue
         bind(path, path, readonly=True, extra=_NOSUID_NODEV_NOEXEC)
-
-
-def remount_rootfs_readonly() -> None:
-    libc.mount(None, "/", None, libc.MS_REMOUNT | libc.MS_BIND | libc.MS_RDONLY)
