@@ -166,6 +166,17 @@ class Index:
     def platforms(self) -> list[str]:
         return [str(d.platform) for d in self.manifests if d.platform is not None]
 
+    def choose(self, want: Platform | None, what: str) -> Descriptor:
+        """The entry for ``want`` (default: this host's platform), or NotFoundError."""
+        from ocikit.errors import NotFoundError
+
+        platform = want or Platform.host()
+        chosen = self.select(platform)
+        if chosen is None:
+            have = ", ".join(self.platforms()) or "none"
+            raise NotFoundError(f"{what}: no image for platform {platform} (available: {have})")
+        return chosen
+
 
 @dataclass(frozen=True)
 class ManifestBlob:

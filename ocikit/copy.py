@@ -658,15 +658,6 @@ class ArchiveSink(Sink):
 
 # -- the walk ---------------------------------------------------------------------------
 
-def _select(index: Index, platform: Platform | None, what: str) -> Descriptor:
-    want = platform or Platform.host()
-    chosen = index.select(want)
-    if chosen is None:
-        have = ", ".join(index.platforms()) or "none"
-        raise NotFoundError(f"{what}: no image for platform {want} (available: {have})")
-    return chosen
-
-
 def _distributable(desc: Descriptor) -> bool:
     return not (desc.urls and desc.media_type in _FOREIGN)
 
@@ -780,7 +771,7 @@ def transfer(source: Source, sink: Sink, *, platform: Platform | None = None,
     progress(ProgressEvent(RESOLVED, source.label, str(top.digest), message=top.media_type))
     chosen_platform: Platform | None = None
     if isinstance(top.parsed, Index) and (platform is not None or sink.single_image):
-        chosen = _select(top.parsed, platform, source.label)
+        chosen = top.parsed.choose(platform, source.label)
         chosen_platform = chosen.platform
         top = source.manifest(chosen)
         source_digest = top.digest

@@ -52,15 +52,6 @@ class _Cancelled(OcikitError):
     pass
 
 
-def select_platform(index: Index, want: Platform | None, what: str) -> Descriptor:
-    platform = want or Platform.host()
-    chosen = index.select(platform)
-    if chosen is None:
-        have = ", ".join(index.platforms()) or "none"
-        raise NotFoundError(f"{what}: no image for platform {platform} (available: {have})")
-    return chosen
-
-
 def store_name(ref: Reference) -> str:
     """The name an image is kept under in index.json: the full reference."""
     return str(ref)
@@ -81,7 +72,7 @@ def pull(ref: Reference, store: Store, client: RegistryClient, *,
         image = top
         if isinstance(top.parsed, Index):
             index_blob = top
-            chosen = select_platform(top.parsed, platform, str(ref))
+            chosen = top.parsed.choose(platform, str(ref))
             image = client.get_manifest(ref.with_digest(chosen.digest))
             if not isinstance(image.parsed, Manifest):
                 raise NotFoundError(f"{ref}: index entry {chosen.digest} is not an image manifest")

@@ -76,15 +76,6 @@ def find_stored(store: Store, ref: Reference) -> Descriptor | None:
     return None
 
 
-def _choose(index: Index, platform: Platform | None, what: str) -> Descriptor:
-    want = platform or Platform.host()
-    chosen = index.select(want)
-    if chosen is None:
-        have = ", ".join(index.platforms()) or "none"
-        raise NotFoundError(f"{what}: no image for platform {want} (available: {have})")
-    return chosen
-
-
 def _from_layout(layout: Layout, desc: Descriptor, name: str, source: str,
                  platform: Platform | None, ref: Reference | None = None) -> Image:
     top = layout.read_manifest(desc)
@@ -93,7 +84,7 @@ def _from_layout(layout: Layout, desc: Descriptor, name: str, source: str,
     digest = top.digest
     if isinstance(top.parsed, Index):
         index_blob = top
-        image = layout.read_manifest(_choose(top.parsed, platform, name))
+        image = layout.read_manifest(top.parsed.choose(platform, name))
     elif desc.annotations.get(INDEX_DIGEST):
         digest = Digest.parse(desc.annotations[INDEX_DIGEST])
         if layout.has_blob(digest):
@@ -128,7 +119,7 @@ def open_remote(client: RegistryClient, ref: Reference,
     image = top
     if isinstance(top.parsed, Index):
         index_blob = top
-        image = client.get_manifest(ref.with_digest(_choose(top.parsed, platform, str(ref)).digest))
+        image = client.get_manifest(ref.with_digest(top.parsed.choose(platform, str(ref)).digest))
     if not isinstance(image.parsed, Manifest):
         raise UnsupportedError(f"{ref}: {image.digest} is not an image manifest")
     cfg = image.parsed.config
