@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import click
 
 from ocikit import __version__
-from ocikit.errors import OcikitError
-
-EXIT_INTERRUPTED = 130
+from ocikit.commands.exits import EXIT_INTERRUPTED, debug_requested, exit_code_for
 
 
 class Context:
@@ -98,7 +94,7 @@ def cli(ctx: click.Context, store: str | None, debug: bool) -> None:
 
 
 def run(argv: list[str]) -> int:
-    debug = "--debug" in argv or bool(os.environ.get("OCIKIT_DEBUG"))
+    debug = debug_requested(argv)
     try:
         # Without standalone mode click returns ctx.exit()'s code instead of raising.
         rc = cli.main(args=argv, prog_name="ocikit", standalone_mode=False)
@@ -110,38 +106,5 @@ def run(argv: list[str]) -> int:
         return int(e.exit_code)
     except click.exceptions.Abort:
         return EXIT_INTERRUPTED
-    except OcikitError as e:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        click.echo(f"ocikit: {e}", err=True)
-        return int(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("ocikit: interrupted", err=True)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # A reader that went away (`ocikit images | head`) is not an error.
-        _silence_stdout()
-        return 0
-    except OSError as e:
-        if debug:
-            raise
-        click.echo(f"ocikit: {e.strerror or e}"
-                   + (f": {e.filename}" if getattr(e, "filename", None) else ""), err=True)
-        return 1
-    except Exception as e:
-        # A bug of ours: still one line, the traceback only with --debug.
-        if debug:
-            raise
-        click.echo(f"ocikit: internal error: {type(e).__name__}: {e} (rerun with --debug)",
-                   err=True)
-        return 1
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
+    except (Exception, KeyboardInterrupt) as e:
+        return exit_code_for(e, debug)

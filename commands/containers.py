@@ -9,77 +9,48 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from ocikit.commands import runflags
 from ocikit.commands.common import get_store, parse_platform, print_json, table
-from ocikit.errors import ContainerError, OcikitError, UsageError
+from ocikit.commands.exits import setup_errors
+from ocikit.commands.runflags import DETACH, FLAG, MULTI, RUN_FLAGS, Flag
+from ocikit.errors import OcikitError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_SETUP = 125
 
 
-@contextmanager
-def setup_errors() -> Iterator[None]:
-    """Failures before the container runs are docker's 125 (usage errors stay 2)."""
-    try:
-        yield
-    except (UsageError, ContainerError):
-        raise
-    except OcikitError as e:
-        err = ContainerError(str(e))
-        raise err from None
+def _click_option(flag: Flag) -> Callable[[F], F]:
+    kw: dict[str, Any] = {"help": flag.help or None, "metavar": flag.metavar}
+    if flag.kind == FLAG:
+        kw["is_flag"] = True
+    else:
+        kw["default"] = flag.default
+        kw["multiple"] = flag.kind == MULTI
+    if flag.choices:
+        kw["type"] = click.Choice(list(flag.choices))
+        kw["show_default"] = flag.show_default
+    elif flag.integer:
+        kw["type"] = int
+    elif flag.existing_file:
+        kw["type"] = click.Path(exists=True, dir_okay=False)
+    option: Callable[[F], F] = click.option(*flag.names, flag.dest, **kw)
+    return option
 
 
 def run_options(f: F) -> F:
-    opts = [
-        click.option("--name", default="", help="the container's name"),
-        click.option("--entrypoint", default=None, help="replace the image's entrypoint"),
-        click.option("-e", "--env", multiple=True, metavar="K=V", help="set a variable"),
-        click.option("--env-file", "env_files", multiple=True, metavar="FILE",
-                     type=click.Path(exists=True, dir_okay=False),
-                     help="read variables from a file (K=V or K lines, # comments)"),
-        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]",
-                     help="a named volume or a host folder"),
-        click.option("-w", "--workdir", default=None, help="working directory inside"),
-        click.option("-u", "--user", default=None, metavar="NAME|UID[:GID]"),
-        click.option("--network", default="none", type=click.Choice(["none", "host"]),
-                     show_default=True),
-        click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/tcp]"),
-        click.option("-i", "--interactive", is_flag=True, help="keep stdin open"),
-        click.option("-t", "--tty", is_flag=True, help="allocate a pseudo-terminal"),
-        click.option("--memory", "-m", default=None, help="memory limit (e.g. 64m)"),
-        click.option("--cpus", default=None, help="CPU limit (e.g. 0.5)"),
-        click.option("--pids-limit", type=int, default=None),
-        click.option("--hostname", "-h", "hostname", default=""),
-        click.option("--rm", "auto_remove", is_flag=True,
-                     help="remove the container when it exits"),
-        click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]"),
-    ]
-    for o in reversed(opts):
-        f = o(f)
+    for flag in reversed(RUN_FLAGS):
+        f = _click_option(flag)(f)
     return f
 
 
 def _options(kw: dict[str, Any], command: tuple[str, ...]) -> Any:
-    from ocikit.containers import RunOptions
-    from ocikit.oci.runtime.options import read_env_file
-
-    if kw["network"] == "host" and kw["publish"]:
-        raise UsageError("-p/--publish cannot be used with --network host")
-    # as docker: the files first, then -e on top
-    env = [e for path in kw["env_files"] for e in read_env_file(path)] + list(kw["env"])
-    return RunOptions(command=command, name=kw["name"], entrypoint=kw["entrypoint"],
-                      env=tuple(env), volumes=tuple(kw["volumes"]),
-                      workdir=kw["workdir"], user=kw["user"], network=kw["network"],
-                      publish=tuple(kw["publish"]), tty=kw["tty"],
-                      interactive=kw["interactive"], memory=kw["memory"], cpus=kw["cpus"],
-                      pids_limit=kw["pids_limit"], auto_remove=kw["auto_remove"],
-                      hostname=kw["hostname"], platform=parse_platform(kw["platform"]))
+    return runflags.run_options(kw, command, parse_platform(kw["platform"]))
 
 
 class _LazyRenderer:
@@ -126,7 +97,7 @@ _CTX = {"ignore_unknown_options": False, "allow_interspersed_args": False}
 
 
 @click.command(context_settings=_CTX)
-@click.option("-d", "--detach", is_flag=True, help="run in the background, print the id")
+@_click_option(DETACH)
 @run_options
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

@@ -7,24 +7,14 @@ reference package (reference/regexp.go), re-expressed here.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ocikit.errors import InvalidReferenceError
 from ocikit.oci.digest import Digest
+from ocikit.oci.refname import DEFAULT_TAG, split_name
+from ocikit.oci.refname import DOCKER_HUB as DOCKER_HUB  # re-exported: registry/ uses it
 
-DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
-DEFAULT_TAG = "latest"
-
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_COMPONENT_RE = re.compile(rf"^{_COMPONENT}$")
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN_RE = re.compile(
-    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$"
-)
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_MAX_NAME = 255
 # name (255) + ":" + tag (128) + "@" + the longest digest we accept, with room to spare
 _MAX_TEXT = 1024
 
@@ -54,35 +44,7 @@ class Reference:
             except InvalidReferenceError:
                 raise InvalidReferenceError(
                     f"invalid reference format: {text!r} (bad digest)") from None
-        tag = ""
-        slash = name.rfind("/")
-        colon = name.rfind(":")
-        if colon > slash:
-            name, tag = name[:colon], name[colon + 1:]
-            if not _TAG_RE.match(tag):
-                raise InvalidReferenceError(f"invalid reference format: {text!r} (bad tag)")
-        if not name:
-            raise InvalidReferenceError(f"invalid reference format: {text!r}")
-        first, _, rest = name.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost" or
-                     first != first.lower()):
-            registry, path = first, rest
-            if not _DOMAIN_RE.match(registry):
-                raise InvalidReferenceError(
-                    f"invalid reference format: {text!r} (bad registry {registry!r})")
-        else:
-            registry, path = DOCKER_HUB, name
-        if registry == "index.docker.io":
-            registry = DOCKER_HUB
-        components = path.split("/")
-        for c in components:
-            if not _COMPONENT_RE.match(c):
-                hint = " (repository names must be lowercase)" if c.lower() != c else ""
-                raise InvalidReferenceError(f"invalid reference format: {text!r}{hint}")
-        if registry == DOCKER_HUB and len(components) == 1:
-            path = "library/" + path
-        if len(registry) + 1 + len(path) > _MAX_NAME:
-            raise InvalidReferenceError(f"invalid reference format: {text!r} (name too long)")
+        registry, path, tag = split_name(name, text)
         if not tag and digest is None:
             tag = DEFAULT_TAG
         return cls(registry, path, tag, digest)

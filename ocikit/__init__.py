@@ -6,8 +6,6 @@ The public API lives in submodules imported on first use, so that
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ocikit.errors import (
     AuthError,
     ContainerError,
@@ -25,6 +23,8 @@ from ocikit.errors import (
 
 __version__ = "0.1.0"
 
+# Not typing.TYPE_CHECKING: importing typing costs ~15 ms at every container start.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ocikit.api import (
         diff_images,

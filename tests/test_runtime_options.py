@@ -9,6 +9,7 @@ import pytest
 from ocikit.errors import UsageError
 from ocikit.oci.descriptor import ImageConfig
 from ocikit.oci.runtime.options import (
+    ImageDefaults,
     merge_env,
     parse_cpus,
     parse_memory,
@@ -18,10 +19,26 @@ from ocikit.oci.runtime.options import (
 from ocikit.oci.runtime.spec import ContainerSpec, Limits, Mount, PortMapping, ProcessSpec
 
 
-def config(**cfg) -> ImageConfig:
-    return ImageConfig.parse(json.dumps({
+def config(**cfg) -> ImageDefaults:
+    return ImageDefaults.of(ImageConfig.parse(json.dumps({
         "architecture": "amd64", "os": "linux", "config": cfg,
-        "rootfs": {"type": "layers", "diff_ids": []}}).encode())
+        "rootfs": {"type": "layers", "diff_ids": []}}).encode()))
+
+
+@pytest.mark.parametrize("cfg", [
+    {}, None, "not an object", {"Entrypoint": "/bin/sh -c", "Cmd": None},
+    {"Entrypoint": ["/ep", 1], "Cmd": ["a"], "Env": ["A=1"], "WorkingDir": "/w",
+     "User": "app:app", "Labels": {"a": "b", "n": 1}, "StopSignal": "SIGQUIT"},
+    {"Env": None, "Labels": None, "WorkingDir": None, "User": None, "StopSignal": None},
+    {"Cmd": [], "Entrypoint": []},
+])
+def test_image_defaults_read_the_config_as_image_config_does(cfg):
+    """The container start path reads the config JSON itself (fastrun); the result
+    must be what the image machinery makes of the same bytes."""
+    obj = {"architecture": "amd64", "os": "linux", "config": cfg,
+           "rootfs": {"type": "layers", "diff_ids": []}}
+    parsed = ImageConfig.parse(json.dumps(obj).encode())
+    assert ImageDefaults.from_json(obj) == ImageDefaults.of(parsed)
 
 
 def test_entrypoint_and_cmd_rules():

@@ -25,13 +25,16 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 from ocikit.errors import ConflictError, ContainerError, NotFoundError, UsageError
 from ocikit.oci.runtime import state as st
 from ocikit.oci.runtime.mounts import BASE_TARGETS, prepare_init_layer
 from ocikit.oci.runtime.spec import ContainerSpec, ProcessSpec, parse_signal
+
+# Not typing.TYPE_CHECKING: importing typing costs ~15 ms at every container start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -49,7 +52,8 @@ class Container:
     """A container folder; ``spec`` is its config.json, ``state()`` its live state."""
 
     def __init__(self, directory: str | os.PathLike[str], spec: ContainerSpec) -> None:
-        self.dir = Path(directory)
+        # plain strings, not pathlib: a container start does not import it (fastrun.py)
+        self.dir = os.fspath(directory)
         self.spec = spec
 
     @property
@@ -65,20 +69,20 @@ class Container:
         return self.spec.id[:12]
 
     @property
-    def init_dir(self) -> Path:
-        return self.dir / "init"
+    def init_dir(self) -> str:
+        return os.path.join(self.dir, "init")
 
     @property
-    def log_path(self) -> Path:
-        return self.dir / "log"
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "log")
 
     def lower_dirs(self) -> list[str]:
         """Every lower layer of the root, topmost first, with the init layer on top."""
-        init = str(self.init_dir)
+        init = self.init_dir
         return ([init] if os.path.isdir(init) else []) + list(self.spec.lower_dirs)
 
     def state(self) -> st.State:
-        return st.live_state(str(self.dir))
+        return st.live_state(self.dir)
 
     def inspect(self) -> dict[str, Any]:
         """``container inspect`` JSON, with docker's and podman's key names."""
@@ -120,12 +124,12 @@ class Container:
             "Mounts": [{"Type": m.kind, "Name": m.name, "Source": m.source,
                         "Destination": m.destination, "RW": not m.readonly}
                        for m in self.spec.mounts],
-            "LogPath": str(self.log_path),
+            "LogPath": self.log_path,
             "Storage": {
                 "Driver": "overlay", "UpperDir": self.spec.upper_dir,
                 "LowerDirs": list(self.spec.lower_dirs), "WorkDir": self.spec.work_dir,
                 "MergedDir": self.spec.merged_dir,
-                "InitDir": str(self.init_dir) if self.init_dir.is_dir() else "",
+                "InitDir": self.init_dir if os.path.isdir(self.init_dir) else "",
             },
             "GraphDriver": {"Name": "overlay", "Data": {
                 "LowerDir": ":".join(self.lower_dirs()), "UpperDir": self.spec.upper_dir,
@@ -135,9 +139,9 @@ class Container:
 
 # -- the containers folder ---------------------------------------------------
 @contextlib.contextmanager
-def _root_lock(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _root_lock(root: str) -> Iterator[None]:
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -145,9 +149,10 @@ def _root_lock(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _load(directory: Path) -> Container | None:
+def _load(directory: str) -> Container | None:
     try:
-        spec = ContainerSpec.from_json((directory / "config.json").read_bytes())
+        with open(os.path.join(directory, "config.json"), "rb") as f:
+            spec = ContainerSpec.from_json(f.read())
     except (OSError, ValueError, KeyError):
         return None
     return Container(directory, spec)
@@ -156,7 +161,7 @@ def _load(directory: Path) -> Container | None:
 def list_containers(containers_root: str | os.PathLike[str], *,
                     all: bool = True) -> list[Container]:
     """Containers newest first; ``all=False`` keeps running ones only (``ps``)."""
-    root = Path(containers_root)
+    root = os.fspath(containers_root)
     out = []
     try:
         names = os.listdir(root)
@@ -165,7 +170,7 @@ def list_containers(containers_root: str | os.PathLike[str], *,
     for name in names:
         if not _ID_RE.match(name):
             continue
-        c = _load(root / name)
+        c = _load(os.path.join(root, name))
         if c is None:
             continue
         if not all and c.state().status != st.RUNNING:
@@ -177,10 +182,10 @@ def list_containers(containers_root: str | os.PathLike[str], *,
 
 def get_container(containers_root: str | os.PathLike[str], ref: str) -> Container:
     """By full id, name, or unique id prefix, as docker resolves them."""
-    root = Path(containers_root)
+    root = os.fspath(containers_root)
     ref = ref.lstrip("/")
     if _ID_RE.match(ref):
-        c = _load(root / ref)
+        c = _load(os.path.join(root, ref))
         if c is not None:
             return c
     everything = list_containers(root)
@@ -210,19 +215,29 @@ def _host_hostname() -> str:
     return os.uname().nodename
 
 
-def _write_etc(etc_dir: Path, hostname: str, network: str) -> None:
-    etc_dir.mkdir(exist_ok=True)
-    (etc_dir / "hostname").write_text(hostname + "\n")
-    hosts = HOSTS
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _write_etc(etc_dir: str, hostname: str, network: str) -> None:
+    os.makedirs(etc_dir, exist_ok=True)
+    _write(os.path.join(etc_dir, "hostname"), hostname.encode() + b"\n")
+    hosts = HOSTS.encode()
     if network == "host":
         with contextlib.suppress(OSError):
-            hosts = Path("/etc/hosts").read_text()
-    (etc_dir / "hosts").write_text(hosts)
+            hosts = _read("/etc/hosts")
+    _write(os.path.join(etc_dir, "hosts"), hosts)
     try:
-        resolv = Path("/etc/resolv.conf").read_bytes()
+        resolv = _read("/etc/resolv.conf")
     except OSError:
         resolv = b""
-    (etc_dir / "resolv.conf").write_bytes(resolv)
+    _write(os.path.join(etc_dir, "resolv.conf"), resolv)
 
 
 def create_container(containers_root: str | os.PathLike[str], spec: ContainerSpec) -> Container:
@@ -233,7 +248,7 @@ def create_container(containers_root: str | os.PathLike[str], spec: ContainerSpe
     Bind-mount sources that do not exist are created, as ``docker run -v``
     does.
     """
-    root = Path(containers_root)
+    root = os.fspath(containers_root)
     if not spec.lower_dirs:
         raise UsageError("a container needs at least one lower layer")
     for d in spec.lower_dirs:
@@ -258,7 +273,7 @@ def create_container(containers_root: str | os.PathLike[str], spec: ContainerSpe
     cid = spec.id or os.urandom(32).hex()
     if not _ID_RE.match(cid):
         raise UsageError(f"invalid container id {cid!r}")
-    cdir = root / cid
+    cdir = os.path.join(root, cid)
     with _root_lock(root):
         existing = list_containers(root)
         taken = {c.name for c in existing}
@@ -269,29 +284,29 @@ def create_container(containers_root: str | os.PathLike[str], spec: ContainerSpe
         name = spec.name or _random_name(taken)
         hostname = spec.hostname or (_host_hostname() if spec.network == "host" else cid[:12])
         try:
-            cdir.mkdir(mode=0o710)
+            os.mkdir(cdir, 0o710)
             for sub in ("upper", "work", "merged"):
-                (cdir / sub).mkdir(mode=0o755)
-            _write_etc(cdir / "etc", hostname, spec.network)
+                os.mkdir(os.path.join(cdir, sub), 0o755)
+            _write_etc(os.path.join(cdir, "etc"), hostname, spec.network)
             targets = list(BASE_TARGETS)
             targets += [(m.destination, os.path.isdir(m.source)) for m in spec.mounts]
             if spec.process.cwd and spec.process.cwd != "/":
                 targets.append((spec.process.cwd, True))
-            init = cdir / "init"
-            init.mkdir()
-            if not prepare_init_layer(str(init), spec.lower_dirs, targets):
-                init.rmdir()
+            init = os.path.join(cdir, "init")
+            os.mkdir(init)
+            if not prepare_init_layer(init, spec.lower_dirs, targets):
+                os.rmdir(init)
             full = spec.with_(
                 id=cid, name=name, hostname=hostname,
-                upper_dir=spec.upper_dir or str(cdir / "upper"),
-                work_dir=spec.work_dir or str(cdir / "work"),
-                merged_dir=spec.merged_dir or str(cdir / "merged"),
-                etc_dir=spec.etc_dir or str(cdir / "etc"),
+                upper_dir=spec.upper_dir or os.path.join(cdir, "upper"),
+                work_dir=spec.work_dir or os.path.join(cdir, "work"),
+                merged_dir=spec.merged_dir or os.path.join(cdir, "merged"),
+                etc_dir=spec.etc_dir or os.path.join(cdir, "etc"),
                 created=spec.created or st.now())
-            tmp = cdir / "config.json.tmp"
-            tmp.write_text(full.to_json())
-            os.replace(tmp, cdir / "config.json")
-            st.write_state(str(cdir), st.State())
+            tmp = os.path.join(cdir, "config.json.tmp")
+            _write(tmp, full.to_json().encode())
+            os.replace(tmp, os.path.join(cdir, "config.json"))
+            st.write_state(cdir, st.State())
         except OSError as e:
             remove_dir(cdir)
             raise ContainerError(f"cannot create container {name}: {e.strerror}: "
@@ -329,7 +344,7 @@ def run_foreground(container: Container, *, stdin: int = 0, stdout: int = 1, std
 
     spec = container.spec
     remove = spec.auto_remove if remove is None else remove
-    runner = Runner(str(container.dir), spec, container.lower_dirs())
+    runner = Runner(container.dir, spec, container.lower_dirs())
     runner.acquire()
     null = -1
     master = -1
@@ -338,7 +353,7 @@ def run_foreground(container: Container, *, stdin: int = 0, stdout: int = 1, std
     try:
         # as docker's daemon, keep what the container writes for ``logs`` (not
         # worth the write when --rm deletes it right after)
-        log = None if remove else LogWriter(str(container.log_path))
+        log = None if remove else LogWriter(container.log_path)
         try:
             if spec.process.terminal:
                 master, slave, console = open_pty(size_from=(stdin, stdout))
@@ -379,10 +394,10 @@ def start_detached(container: Container) -> int:
     if container.state().status == st.RUNNING:
         raise ContainerError(f"container {container.name} is already running")
     try:
-        return _start(str(container.dir), container.spec, container.lower_dirs())
+        return _start(container.dir, container.spec, container.lower_dirs())
     except ContainerError:
         # as docker: --rm removes a container that could not start, too
-        if container.spec.auto_remove and not st.is_locked(str(container.dir)):
+        if container.spec.auto_remove and not st.is_locked(container.dir):
             remove_dir(container.dir)
         raise
 
@@ -406,7 +421,7 @@ def _wait_pid_gone(pid: int, start: int, timeout: float) -> bool:
 
 def _wait_unlocked(container: Container, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while st.is_locked(str(container.dir)) and time.monotonic() < deadline:
+    while st.is_locked(container.dir) and time.monotonic() < deadline:
         time.sleep(0.005)
 
 

@@ -15,7 +15,11 @@ import json
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+
+# Not typing.TYPE_CHECKING: importing typing costs ~15 ms at every container start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CREATED = "created"
 RUNNING = "running"

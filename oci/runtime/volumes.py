@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
 
 from ocikit.errors import ConflictError, NotFoundError, UsageError
 from ocikit.oci.runtime.spec import Mount
@@ -20,23 +18,24 @@ def _check_name(name: str) -> None:
                          "are allowed")
 
 
-def volume_data(volumes_root: str | os.PathLike[str], name: str) -> Path:
-    return Path(volumes_root) / name / "_data"
+def volume_data(volumes_root: str | os.PathLike[str], name: str) -> str:
+    return os.path.join(volumes_root, name, "_data")
 
 
-def create_volume(volumes_root: str | os.PathLike[str], name: str) -> Path:
+def create_volume(volumes_root: str | os.PathLike[str], name: str) -> str:
     """Create (or find) the named volume; returns its data folder."""
     _check_name(name)
     data = volume_data(volumes_root, name)
-    data.mkdir(parents=True, exist_ok=True)
+    os.makedirs(data, exist_ok=True)
     return data
 
 
 def list_volumes(volumes_root: str | os.PathLike[str]) -> list[str]:
-    root = Path(volumes_root)
-    if not root.is_dir():
+    try:
+        names = os.listdir(volumes_root)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "_data").is_dir())
+    return sorted(n for n in names if os.path.isdir(volume_data(volumes_root, n)))
 
 
 def remove_volume(volumes_root: str | os.PathLike[str], name: str,
@@ -45,9 +44,11 @@ def remove_volume(volumes_root: str | os.PathLike[str], name: str,
     _check_name(name)
     if in_use_by:
         raise ConflictError(f"volume {name} is in use by container(s) {', '.join(in_use_by)}")
-    path = Path(volumes_root) / name
-    if not path.is_dir():
+    path = os.path.join(volumes_root, name)
+    if not os.path.isdir(path):
         raise NotFoundError(f"no such volume: {name}")
+    import shutil  # not at the top: a container start does not need it
+
     shutil.rmtree(path)
 
 
@@ -69,4 +70,4 @@ def parse_volume_arg(text: str, volumes_root: str | os.PathLike[str]) -> Mount:
         # as docker (CLI 23+): a path, relative ones against the current folder
         return Mount(source=os.path.abspath(src), destination=dst, readonly=readonly)
     data = create_volume(volumes_root, src)
-    return Mount(source=str(data), destination=dst, readonly=readonly, kind="volume", name=src)
+    return Mount(source=data, destination=dst, readonly=readonly, kind="volume", name=src)
