@@ -15,7 +15,7 @@ reference that needs a pull, a platform choice, a layout or archive source,
 an image whose snapshots are not unpacked yet) returns None before anything
 was changed, and the full command line takes over.
 
-Imports here and in what it uses must stay light: no click, typing,
+Imports here and in what it uses must stay light: no click, typing, dataclasses,
 pathlib or the image model (tests/test_fastrun.py checks what a start
 imports).
 """

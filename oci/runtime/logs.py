@@ -15,7 +15,6 @@ import os
 import select
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 STDOUT = 1
 STDERR = 2
@@ -63,13 +62,15 @@ def read_records(path: str | os.PathLike[str]) -> list[tuple[int, bytes]]:
     return parse(data)[0]
 
 
-@dataclass
 class Source:
     """A pipe from the container: its records go to ``out`` (if >= 0) and the log."""
 
-    fd: int
-    stream: int
-    out: int = -1
+    __slots__ = ("fd", "out", "stream")
+
+    def __init__(self, fd: int, stream: int, out: int = -1) -> None:
+        self.fd = fd
+        self.stream = stream
+        self.out = out
 
 
 def relay(sources: Sequence[Source], log: LogWriter | None) -> None:

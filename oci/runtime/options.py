@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from ocikit.errors import UsageError
+from ocikit.oci.runtime.record import Record
 from ocikit.oci.runtime.spec import ContainerSpec, Limits, PortMapping, ProcessSpec
 
 # Not typing.TYPE_CHECKING: importing typing costs ~15 ms at every container start.
@@ -33,41 +33,81 @@ MANIFEST_LABEL = "io.ocikit.image.manifest"
 MANIFEST_TYPE_LABEL = "io.ocikit.image.manifest-type"
 
 
-@dataclass(frozen=True)
-class RunOptions:
+class RunOptions(Record):
     """What ``run``/``create`` take from the command line."""
 
-    command: tuple[str, ...] = ()
-    name: str = ""
-    entrypoint: str | None = None
-    env: tuple[str, ...] = ()
-    volumes: tuple[str, ...] = ()
-    workdir: str | None = None
-    user: str | None = None
-    network: str = "none"
-    publish: tuple[str, ...] = ()
-    tty: bool = False
-    interactive: bool = False
-    memory: str | None = None
-    cpus: str | None = None
-    pids_limit: int | None = None
-    auto_remove: bool = False
-    hostname: str = ""
-    platform: Platform | None = None
-    labels: dict[str, str] = field(default_factory=dict)
+    __slots__ = (
+        "auto_remove",
+        "command",
+        "cpus",
+        "entrypoint",
+        "env",
+        "hostname",
+        "interactive",
+        "labels",
+        "memory",
+        "name",
+        "network",
+        "pids_limit",
+        "platform",
+        "publish",
+        "tty",
+        "user",
+        "volumes",
+        "workdir",
+    )
+    command: tuple[str, ...]
+    name: str
+    entrypoint: str | None
+    env: tuple[str, ...]
+    volumes: tuple[str, ...]
+    workdir: str | None
+    user: str | None
+    network: str
+    publish: tuple[str, ...]
+    tty: bool
+    interactive: bool
+    memory: str | None
+    cpus: str | None
+    pids_limit: int | None
+    auto_remove: bool
+    hostname: str
+    platform: Platform | None
+    labels: dict[str, str]
+
+    def __init__(self, command: tuple[str, ...] = (), name: str = "",
+                 entrypoint: str | None = None, env: tuple[str, ...] = (),
+                 volumes: tuple[str, ...] = (), workdir: str | None = None,
+                 user: str | None = None, network: str = "none", publish: tuple[str, ...] = (),
+                 tty: bool = False, interactive: bool = False, memory: str | None = None,
+                 cpus: str | None = None, pids_limit: int | None = None,
+                 auto_remove: bool = False, hostname: str = "",
+                 platform: Platform | None = None, labels: dict[str, str] | None = None) -> None:
+        self._init(command=command, name=name, entrypoint=entrypoint, env=env, volumes=volumes,
+                   workdir=workdir, user=user, network=network, publish=publish, tty=tty,
+                   interactive=interactive, memory=memory, cpus=cpus, pids_limit=pids_limit,
+                   auto_remove=auto_remove, hostname=hostname, platform=platform,
+                   labels=dict(labels or {}))
 
 
-@dataclass(frozen=True)
-class ImageDefaults:
+class ImageDefaults(Record):
     """What a container takes from its image's config (``config`` in the JSON)."""
 
-    entrypoint: tuple[str, ...] | None = None
-    cmd: tuple[str, ...] | None = None
-    env: tuple[str, ...] = ()
-    working_dir: str = ""
-    user: str = ""
-    labels: tuple[tuple[str, str], ...] = ()
-    stop_signal: str = ""
+    __slots__ = ("cmd", "entrypoint", "env", "labels", "stop_signal", "user", "working_dir")
+    entrypoint: tuple[str, ...] | None
+    cmd: tuple[str, ...] | None
+    env: tuple[str, ...]
+    working_dir: str
+    user: str
+    labels: tuple[tuple[str, str], ...]
+    stop_signal: str
+
+    def __init__(self, entrypoint: tuple[str, ...] | None = None,
+                 cmd: tuple[str, ...] | None = None, env: tuple[str, ...] = (),
+                 working_dir: str = "", user: str = "",
+                 labels: tuple[tuple[str, str], ...] = (), stop_signal: str = "") -> None:
+        self._init(entrypoint=entrypoint, cmd=cmd, env=env, working_dir=working_dir, user=user,
+                   labels=labels, stop_signal=stop_signal)
 
     @classmethod
     def of(cls, config: ImageConfig) -> ImageDefaults:
@@ -97,15 +137,20 @@ class ImageDefaults:
                    stop_signal=str(cfg.get("StopSignal", "") or ""))
 
 
-@dataclass(frozen=True)
-class ImageRef:
+class ImageRef(Record):
     """Which stored image a container is made from, and its layer folders."""
 
+    __slots__ = ("image_id", "manifest_digest", "manifest_type", "name", "snapshots")
     name: str  # as the user's reference resolved: docker.io/library/busybox:latest
     image_id: str  # the config's digest
     manifest_digest: str
     manifest_type: str
     snapshots: tuple[str, ...]  # bottom layer first
+
+    def __init__(self, name: str, image_id: str, manifest_digest: str, manifest_type: str,
+                 snapshots: tuple[str, ...]) -> None:
+        self._init(name=name, image_id=image_id, manifest_digest=manifest_digest,
+                   manifest_type=manifest_type, snapshots=snapshots)
 
 
 def merge_env(base: Sequence[str], overrides: Sequence[str],

@@ -20,10 +20,10 @@ import os
 import signal
 import termios
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ocikit.errors import ContainerError
 from ocikit.oci.runtime import libc
+from ocikit.oci.runtime.record import Record
 from ocikit.oci.runtime.spec import DEFAULT_CAPS, DEFAULT_PATH, ContainerSpec, ProcessSpec
 
 EXIT_SETUP = 125
@@ -39,23 +39,30 @@ class StartError(ContainerError):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class Stdio:
+class Stdio(Record):
     """Descriptors that become the process's 0, 1 and 2; ``tty`` when they are a pty slave."""
 
+    __slots__ = ("stderr", "stdin", "stdout", "tty")
     stdin: int
     stdout: int
     stderr: int
-    tty: bool = False
+    tty: bool
+
+    def __init__(self, stdin: int, stdout: int, stderr: int, tty: bool = False) -> None:
+        self._init(stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
 
 
-@dataclass(frozen=True)
-class User:
+class User(Record):
+    __slots__ = ("gid", "groups", "home", "name", "uid")
     uid: int
     gid: int
     groups: tuple[int, ...]
     home: str
     name: str
+
+    def __init__(self, uid: int, gid: int, groups: tuple[int, ...], home: str,
+                 name: str) -> None:
+        self._init(uid=uid, gid=gid, groups=groups, home=home, name=name)
 
 
 def exit_status(status: int) -> int:

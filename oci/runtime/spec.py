@@ -9,7 +9,8 @@ missing ones take their defaults.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+
+from ocikit.oci.runtime.record import Record
 
 # Not typing.TYPE_CHECKING: importing typing costs ~15 ms at every container start.
 TYPE_CHECKING = False
@@ -27,8 +28,7 @@ DEFAULT_CAPS: dict[str, int] = {
 }
 
 
-@dataclass(frozen=True)
-class ProcessSpec:
+class ProcessSpec(Record):
     """The command a container (or an exec in it) runs.
 
     An empty ``cwd`` is ``/`` (for an exec: the container's working directory).
@@ -38,13 +38,20 @@ class ProcessSpec:
     filesystem visible.
     """
 
+    __slots__ = ("additional_gids", "args", "cwd", "env", "interactive", "terminal", "user")
     args: tuple[str, ...]
-    env: tuple[str, ...] = ()
-    cwd: str = ""
-    user: str = ""
-    additional_gids: tuple[int, ...] = ()
-    terminal: bool = False
-    interactive: bool = False
+    env: tuple[str, ...]
+    cwd: str
+    user: str
+    additional_gids: tuple[int, ...]
+    terminal: bool
+    interactive: bool
+
+    def __init__(self, args: tuple[str, ...], env: tuple[str, ...] = (), cwd: str = "",
+                 user: str = "", additional_gids: tuple[int, ...] = (), terminal: bool = False,
+                 interactive: bool = False) -> None:
+        self._init(args=args, env=env, cwd=cwd, user=user, additional_gids=additional_gids,
+                   terminal=terminal, interactive=interactive)
 
     def to_dict(self) -> dict[str, Any]:
         return {"args": list(self.args), "env": list(self.env), "cwd": self.cwd,
@@ -59,15 +66,20 @@ class ProcessSpec:
                    terminal=bool(d.get("terminal")), interactive=bool(d.get("interactive")))
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
     """A bind mount (``kind="bind"``, host path) or a named volume's folder."""
 
+    __slots__ = ("destination", "kind", "name", "readonly", "source")
     source: str
     destination: str
-    readonly: bool = False
-    kind: str = "bind"
-    name: str = ""
+    readonly: bool
+    kind: str
+    name: str
+
+    def __init__(self, source: str, destination: str, readonly: bool = False,
+                 kind: str = "bind", name: str = "") -> None:
+        self._init(source=source, destination=destination, readonly=readonly, kind=kind,
+                   name=name)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "destination": self.destination,
@@ -80,14 +92,19 @@ class Mount:
                    name=d.get("name") or "")
 
 
-@dataclass(frozen=True)
-class PortMapping:
+class PortMapping(Record):
     """``-p [IP:]HOST:CTR[/tcp]``: a host listener forwarded into the container."""
 
+    __slots__ = ("container_port", "host_ip", "host_port", "protocol")
     host_port: int
     container_port: int
-    host_ip: str = ""
-    protocol: str = "tcp"
+    host_ip: str
+    protocol: str
+
+    def __init__(self, host_port: int, container_port: int, host_ip: str = "",
+                 protocol: str = "tcp") -> None:
+        self._init(host_port=host_port, container_port=container_port, host_ip=host_ip,
+                   protocol=protocol)
 
     def to_dict(self) -> dict[str, Any]:
         return {"host_port": self.host_port, "container_port": self.container_port,
@@ -99,13 +116,17 @@ class PortMapping:
                    d.get("protocol") or "tcp")
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Record):
     """Resource limits; ``None`` leaves a resource unlimited (and no cgroup is made)."""
 
-    memory: int | None = None
-    cpus: float | None = None
-    pids: int | None = None
+    __slots__ = ("cpus", "memory", "pids")
+    memory: int | None
+    cpus: float | None
+    pids: int | None
+
+    def __init__(self, memory: int | None = None, cpus: float | None = None,
+                 pids: int | None = None) -> None:
+        self._init(memory=memory, cpus=cpus, pids=pids)
 
     def any(self) -> bool:
         return self.memory is not None or self.cpus is not None or self.pids is not None
@@ -118,8 +139,7 @@ class Limits:
         return cls(memory=d.get("memory"), cpus=d.get("cpus"), pids=d.get("pids"))
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
+class ContainerSpec(Record):
     """Everything needed to start a container.
 
     ``lower_dirs`` are read-only layer folders, topmost first (overlayfs
@@ -128,29 +148,64 @@ class ContainerSpec:
     fills them in under the container's folder when left empty.
     """
 
+    __slots__ = (
+        "auto_remove",
+        "created",
+        "etc_dir",
+        "hostname",
+        "id",
+        "image",
+        "image_id",
+        "labels",
+        "limits",
+        "lower_dirs",
+        "merged_dir",
+        "mounts",
+        "name",
+        "network",
+        "ports",
+        "process",
+        "stop_signal",
+        "stop_timeout",
+        "upper_dir",
+        "work_dir",
+    )
     process: ProcessSpec
     lower_dirs: tuple[str, ...]
-    id: str = ""
-    name: str = ""
-    image: str = ""
-    image_id: str = ""
-    hostname: str = ""
-    upper_dir: str = ""
-    work_dir: str = ""
-    merged_dir: str = ""
-    etc_dir: str = ""
-    mounts: tuple[Mount, ...] = ()
-    network: str = "none"
-    ports: tuple[PortMapping, ...] = ()
-    limits: Limits = field(default_factory=Limits)
-    stop_signal: str = "SIGTERM"
-    stop_timeout: int = 10
-    auto_remove: bool = False
-    created: str = ""
-    labels: tuple[tuple[str, str], ...] = ()
+    id: str
+    name: str
+    image: str
+    image_id: str
+    hostname: str
+    upper_dir: str
+    work_dir: str
+    merged_dir: str
+    etc_dir: str
+    mounts: tuple[Mount, ...]
+    network: str
+    ports: tuple[PortMapping, ...]
+    limits: Limits
+    stop_signal: str
+    stop_timeout: int
+    auto_remove: bool
+    created: str
+    labels: tuple[tuple[str, str], ...]
 
-    def with_(self, **changes: Any) -> ContainerSpec:
-        return replace(self, **changes)
+    def __init__(self, process: ProcessSpec, lower_dirs: tuple[str, ...], id: str = "",
+                 name: str = "", image: str = "", image_id: str = "", hostname: str = "",
+                 upper_dir: str = "", work_dir: str = "", merged_dir: str = "",
+                 etc_dir: str = "", mounts: tuple[Mount, ...] = (), network: str = "none",
+                 ports: tuple[PortMapping, ...] = (), limits: Limits | None = None,
+                 stop_signal: str = "SIGTERM", stop_timeout: int = 10,
+                 auto_remove: bool = False, created: str = "",
+                 labels: tuple[tuple[str, str], ...] = ()) -> None:
+        self._init(process=process, lower_dirs=lower_dirs, id=id, name=name, image=image,
+                   image_id=image_id, hostname=hostname, upper_dir=upper_dir,
+                   work_dir=work_dir, merged_dir=merged_dir, etc_dir=etc_dir, mounts=mounts,
+                   network=network, ports=ports,
+                   limits=limits if limits is not None else Limits(),
+                   stop_signal=stop_signal, stop_timeout=stop_timeout,
+                   auto_remove=auto_remove, created=created, labels=labels)
 
     def to_dict(self) -> dict[str, Any]:
         return {
