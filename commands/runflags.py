@@ -133,6 +133,13 @@ def parse(argv: Sequence[str], flags: Sequence[Flag]) -> ParsedRun | None:
         return True
 
     i, n = 0, len(argv)
+
+    def take_next(flag: Flag) -> bool:
+        """The value is the next argument, whatever it looks like (as click)."""
+        nonlocal i
+        i += 1
+        return i < n and take(flag, argv[i])
+
     while i < n:
         arg = argv[i]
         if arg == "--":
@@ -152,10 +159,8 @@ def parse(argv: Sequence[str], flags: Sequence[Flag]) -> ParsedRun | None:
             elif eq:
                 if not take(flag, attached):
                     return None
-            else:
-                if i + 1 >= n or not take(flag, argv[i + 1]):
-                    return None
-                i += 1
+            elif not take_next(flag):
+                return None
             i += 1
             continue
         # a cluster of short options: -it, -e K=V, -eK=V, -ite K=V
@@ -169,13 +174,8 @@ def parse(argv: Sequence[str], flags: Sequence[Flag]) -> ParsedRun | None:
                 j += 1
                 continue
             rest = arg[j + 1:]
-            if rest:
-                if not take(flag, rest):
-                    return None
-            else:
-                if i + 1 >= n or not take(flag, argv[i + 1]):
-                    return None
-                i += 1
+            if not (take(flag, rest) if rest else take_next(flag)):
+                return None
             break
         i += 1
     if i >= n:

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 # Registries and tools cap manifests at a few MiB; anything larger is refused
 # before it is parsed (distribution's own limit is 4 MiB).
-MAX_MANIFEST_SIZE = 4 << 20
-MAX_CONFIG_SIZE = 16 << 20
+# where the container start path (storeview.py) reads them too
+MAX_MANIFEST_SIZE = mt.MAX_MANIFEST_SIZE
+MAX_CONFIG_SIZE = mt.MAX_CONFIG_SIZE
 
 
 def _load_json(data: bytes, what: str) -> dict[str, Any]:

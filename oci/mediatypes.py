@@ -22,6 +22,11 @@ DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzi
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
+# Largest manifest and config documents ocikit reads (a guard against a
+# registry or a store handing over a huge or endless "JSON" body).
+MAX_MANIFEST_SIZE = 4 << 20
+MAX_CONFIG_SIZE = 16 << 20
+
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEXES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 SCHEMA1 = (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED)

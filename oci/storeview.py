@@ -31,9 +31,6 @@ SNAPSHOTS = "snapshots"
 TMP = "tmp"
 GC_LOCK = "gc.lock"  # in tmp/: shared by writers, exclusive for gc
 
-MAX_MANIFEST_SIZE = 4 << 20
-MAX_CONFIG_SIZE = 16 << 20
-
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -107,7 +104,7 @@ def find_runnable(root: str, name: str) -> RunnableImage | None:
         return None
     entry_type = entry.get("mediaType") or ""
     manifest_digest = str(entry["digest"])
-    manifest = _json_object(_read_verified(root, manifest_digest, MAX_MANIFEST_SIZE))
+    manifest = _json_object(_read_verified(root, manifest_digest, mt.MAX_MANIFEST_SIZE))
     if manifest is None or manifest.get("schemaVersion") != 2:
         return None
     body_type = manifest.get("mediaType") or ""
@@ -123,7 +120,7 @@ def find_runnable(root: str, name: str) -> RunnableImage | None:
     if not is_sha256(config_digest):
         return None
     assert isinstance(config_digest, str)
-    config = _json_object(_read_verified(root, config_digest, MAX_CONFIG_SIZE))
+    config = _json_object(_read_verified(root, config_digest, mt.MAX_CONFIG_SIZE))
     rootfs = config.get("rootfs") if config is not None else None
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if config is None or not isinstance(diff_ids, list) or not diff_ids or \

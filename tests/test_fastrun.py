@@ -22,10 +22,7 @@ from ocikit.commands import runflags
 from ocikit.commands.containers import create as create_cmd
 from ocikit.commands.containers import run as run_cmd
 from ocikit.commands.fastrun import stored_name
-from ocikit.oci.descriptor import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
 from ocikit.oci.reference import Reference
-from ocikit.oci.storeview import MAX_CONFIG_SIZE as VIEW_MAX_CONFIG
-from ocikit.oci.storeview import MAX_MANIFEST_SIZE as VIEW_MAX_MANIFEST
 from tests.cli import assert_one_line_error, ocikit
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root here")
@@ -111,10 +108,6 @@ def test_stored_names_are_the_references_full_names(text: str) -> None:
 ])
 def test_other_references_go_to_the_full_path(text: str) -> None:
     assert stored_name(text) is None
-
-
-def test_size_limits_agree() -> None:
-    assert (VIEW_MAX_MANIFEST, VIEW_MAX_CONFIG) == (MAX_MANIFEST_SIZE, MAX_CONFIG_SIZE)
 
 
 # -- against real containers ----------------------------------------------------
